@@ -1,0 +1,63 @@
+"""The ``appliance`` command: one subcommand per part of the pipeline.
+
+Each subcommand lives in its own module, imported only when chosen (TensorFlow is slow to import),
+and exposes ``add_arguments(parser)`` and ``run(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from appliance import __version__
+from appliance.config import ConfigError
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "produce": ("appliance.producer", "simulated cameras: send images to Kafka"),
+    "serve": ("appliance.server.run", "run the ResNet50 inference server under Gunicorn"),
+    "consume-inference": ("appliance.consumer_inference", "label images through the server"),
+    "consume-db": ("appliance.consumer_db", "store images and predictions in MongoDB"),
+    "services": ("appliance.devservices", "start/stop local Kafka and MongoDB-protocol server"),
+    "pipeline": ("appliance.pipeline", "run the whole pipeline locally and report the counts"),
+    "model": ("appliance.model_cli", "create or inspect a model artifact"),
+    "bench": ("appliance.bench", "benchmarks that print figures"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="appliance", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"appliance {__version__}")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    chosen = sys.argv[1] if len(sys.argv) > 1 and sys.argv[1] in COMMANDS else None
+    for name, (module, help_text) in COMMANDS.items():
+        cmd = sub.add_parser(name, help=help_text, description=help_text)
+        cmd.set_defaults(module=module)
+        # Only the chosen subcommand's module is imported: `appliance --help` stays fast.
+        if name == chosen:
+            importlib.import_module(module).add_arguments(cmd)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    if argv is not None:
+        sys.argv = [sys.argv[0], *argv]
+    args = build_parser().parse_args()
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(importlib.import_module(args.module).run(args) or 0)
+    except ConfigError as exc:
+        print(f"appliance {args.command}: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""Settings read from the environment: the same names in a container, on a VM and in tests.
+
+On a VM they come from /etc/appliance/appliance.env (written by cloud-init); see DESIGN.md.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message names it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    kafka_bootstrap_servers: str = "localhost:9092"
+    mongodb_uri: str = "mongodb://localhost:27017"
+    mongodb_database: str = "iot"
+    mongodb_collection: str = "images"
+    inference_url: str = "http://localhost:8000"
+    device_id: str = "camera-00"
+    topic_images: str = "images"
+    topic_predictions: str = "predictions"
+    topic_dlq: str = "images.dlq"
+    topic_partitions: int = 3
+    group_db: str = "appliance-db"
+    group_inference: str = "appliance-inference"
+    db_batch_size: int = 500
+    inference_batch_size: int = 64
+    # Bytes of a base64-decoded image and decoded pixels the consumers and server accept.
+    max_image_bytes: int = 4 * 1024 * 1024
+    max_image_pixels: int = 4096 * 4096
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            raw = env.get(f.name.upper())
+            if raw is None or raw == "":
+                continue
+            if f.type == "int":
+                try:
+                    number = int(raw)
+                except ValueError:
+                    raise ConfigError(f"{f.name.upper()} must be an integer, got {raw!r}") from None
+                if number <= 0:
+                    raise ConfigError(f"{f.name.upper()} must be positive, got {number}")
+                values[f.name] = number
+            else:
+                values[f.name] = raw
+        return cls(**values)  # type: ignore[arg-type]

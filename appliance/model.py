@@ -1,0 +1,226 @@
+"""The ResNet50 for CIFAR-10: build it, save it with its metadata, load it back, check both agree.
+
+An artifact is two files side by side: ``NAME.keras`` (the Keras model) and ``NAME.json`` (metadata:
+class names in order, input size, preprocessing, provenance). The server, the containers and the
+images all load through :func:`load`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from appliance import __version__
+from appliance.imaging import PREPROCESSING
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+CIFAR10_CLASSES: tuple[str, ...] = (
+    "airplane", "automobile", "bird", "cat", "deer",
+    "dog", "frog", "horse", "ship", "truck",
+)  # fmt: skip
+# Per-channel statistics of the CIFAR-10 training set (0..255 scale), used inside the model.
+CIFAR10_MEAN = (125.3, 123.0, 113.9)
+CIFAR10_STD = (63.0, 62.1, 66.7)
+STEMS = ("stock", "cifar")
+
+
+class ModelMetadataError(ValueError):
+    """The metadata is missing, malformed or does not match the model; the message says how."""
+
+
+@dataclass
+class Metadata:
+    class_names: list[str]
+    input_size: int
+    stem: str = "stock"
+    architecture: str = "keras.applications.ResNet50"
+    preprocessing: str = PREPROCESSING
+    test_accuracy: float | None = None
+    training_data_sha256: str | None = None
+    model_sha256: str | None = None
+    code_version: str = __version__
+    created_at: float = field(default_factory=time.time)
+    extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def model_id(self) -> str:
+        digest = (self.model_sha256 or "unhashed")[:12]
+        return f"resnet50-{self.stem}-{self.input_size}px-{digest}"
+
+    @classmethod
+    def from_json(cls, text: str, source: str) -> Metadata:
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ModelMetadataError(f"{source}: not JSON: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ModelMetadataError(f"{source}: expected a JSON object")
+        for key in ("class_names", "input_size"):
+            if key not in raw:
+                raise ModelMetadataError(f"{source}: missing field {key!r}")
+        names, size = raw["class_names"], raw["input_size"]
+        if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
+            raise ModelMetadataError(f"{source}: class_names must be a non-empty list of strings")
+        if not (isinstance(size, int) and size >= 32):
+            raise ModelMetadataError(f"{source}: input_size must be an integer >= 32")
+        known = {k: v for k, v in raw.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+def artifact_paths(path: str | Path) -> tuple[Path, Path]:
+    """``X.keras`` or ``X`` -> (``X.keras``, ``X.json``)."""
+    path = Path(path)
+    stem = path.with_suffix("") if path.suffix in (".keras", ".json") else path
+    return stem.with_suffix(".keras"), stem.with_suffix(".json")
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def build(
+    input_size: int = 32,
+    class_names: tuple[str, ...] | list[str] = CIFAR10_CLASSES,
+    stem: str = "stock",
+    seed: int = 0,
+):
+    """A keras.applications ResNet50 (random init) with normalisation in front and a softmax head.
+
+    ``stem="cifar"`` swaps the 7x7/2 first convolution for a 3x3/1 one and drops the max-pool, the
+    usual change for 32x32 inputs; every other layer is the stock architecture.
+    """
+    import keras
+
+    if stem not in STEMS:
+        raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
+    keras.utils.set_random_seed(seed)
+    shape = (input_size, input_size, 3)
+    backbone = keras.applications.ResNet50(
+        include_top=False, weights=None, input_shape=shape, pooling="avg"
+    )
+    if stem == "cifar":
+        backbone = _with_cifar_stem(backbone)
+    inputs = keras.Input(shape=shape, name="image")
+    x = keras.layers.Rescaling(1.0, name="to_float")(inputs)
+    x = keras.layers.Normalization(
+        mean=list(CIFAR10_MEAN), variance=[s * s for s in CIFAR10_STD], name="normalize"
+    )(x)
+    x = backbone(x)
+    outputs = keras.layers.Dense(
+        len(class_names), activation="softmax", dtype="float32", name="predictions"
+    )(x)
+    return keras.Model(inputs, outputs, name=f"resnet50_{stem}")
+
+
+def _with_cifar_stem(backbone):
+    """Clone ResNet50 with conv1 as 3x3 stride 1 and the stem max-pool made an identity."""
+    import keras
+
+    def replace(layer):
+        config = layer.get_config()
+        if layer.name == "conv1_pad":
+            config["padding"] = ((1, 1), (1, 1))
+        elif layer.name == "conv1_conv":
+            config.update(kernel_size=(3, 3), strides=(1, 1))
+        elif layer.name == "pool1_pad":
+            config["padding"] = ((0, 0), (0, 0))
+        elif layer.name == "pool1_pool":
+            config.update(pool_size=(1, 1), strides=(1, 1))
+        return layer.__class__.from_config(config)
+
+    return keras.models.clone_model(backbone, clone_function=replace)
+
+
+def save(model, path: str | Path, metadata: Metadata) -> Metadata:
+    """Write ``X.keras`` and ``X.json``; the metadata records the model file's sha256."""
+    model_path, meta_path = artifact_paths(path)
+    model_path.parent.mkdir(parents=True, exist_ok=True)
+    _check_matches(model, metadata, str(meta_path))
+    model.save(model_path)
+    metadata.model_sha256 = sha256_file(model_path)
+    meta_path.write_text(json.dumps(asdict(metadata), indent=2, sort_keys=True) + "\n")
+    return metadata
+
+
+def read_metadata(path: str | Path) -> Metadata:
+    _, meta_path = artifact_paths(path)
+    if not meta_path.exists():
+        raise ModelMetadataError(f"{meta_path}: metadata file not found beside the model")
+    return Metadata.from_json(meta_path.read_text(), str(meta_path))
+
+
+class LoadedModel:
+    """A Keras model with its metadata; :meth:`predict` is one direct call, never ``predict()``."""
+
+    def __init__(self, model, metadata: Metadata) -> None:
+        self.model = model
+        self.metadata = metadata
+        self.class_names = list(metadata.class_names)
+        self.input_size = metadata.input_size
+        self.model_id = metadata.model_id
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """uint8 N x S x S x 3 -> float32 N x classes probabilities."""
+        return np.asarray(self.model(batch, training=False))
+
+    def labels(self, probs: np.ndarray) -> list[tuple[str, float]]:
+        best = probs.argmax(axis=1)
+        return [(self.class_names[i], float(probs[n, i])) for n, i in enumerate(best)]
+
+
+def load(path: str | Path, verify_sha256: bool = True) -> LoadedModel:
+    """Load ``X.keras`` with ``X.json``, refusing a model that does not match its metadata."""
+    import keras
+
+    model_path, meta_path = artifact_paths(path)
+    metadata = read_metadata(model_path)
+    if not model_path.exists():
+        raise ModelMetadataError(f"{model_path}: model file not found")
+    if verify_sha256 and metadata.model_sha256:
+        actual = sha256_file(model_path)
+        if actual != metadata.model_sha256:
+            raise ModelMetadataError(
+                f"{model_path}: sha256 {actual} does not match {metadata.model_sha256} "
+                f"recorded in {meta_path.name}"
+            )
+    model = keras.models.load_model(model_path, compile=False)
+    _check_matches(model, metadata, str(meta_path))
+    return LoadedModel(model, metadata)
+
+
+def _check_matches(model, metadata: Metadata, source: str) -> None:
+    shape = tuple(model.input_shape[1:])
+    want = (metadata.input_size, metadata.input_size, 3)
+    if shape != want:
+        raise ModelMetadataError(
+            f"{source}: input_size {metadata.input_size} does not match the model's input "
+            f"shape {shape}"
+        )
+    classes = model.output_shape[-1]
+    if classes != len(metadata.class_names):
+        raise ModelMetadataError(
+            f"{source}: {len(metadata.class_names)} class_names but the model has {classes} outputs"
+        )
+
+
+def create_untrained(path: str | Path, input_size: int = 32, stem: str = "stock") -> Metadata:
+    """A freshly initialised model saved through the normal path (tests, smoke runs)."""
+    model = build(input_size=input_size, stem=stem)
+    metadata = Metadata(
+        class_names=list(CIFAR10_CLASSES),
+        input_size=input_size,
+        stem=stem,
+        extra={"trained": False},
+    )
+    return save(model, path, metadata)
