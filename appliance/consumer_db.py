@@ -1,0 +1,182 @@
+"""`appliance consume-db`: the only writer to MongoDB.
+
+Reads `images` and `predictions`, upserts by image_id in bulk, and commits offsets only after
+MongoDB acknowledged the write. Every field is written with ``$set`` (same message, same value) and
+the arrival times with ``$min`` (first arrival wins), so either arrival order gives one complete
+document and replaying both topics changes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from dataclasses import dataclass
+
+from bson.binary import Binary
+from kafka.consumer.fetcher import ConsumerRecord
+from pymongo import MongoClient, UpdateOne
+from pymongo.collection import Collection
+from pymongo.errors import AutoReconnect, BulkWriteError, ConnectionFailure, ExecutionTimeout
+
+from appliance import kafkaio
+from appliance.config import Settings
+from appliance.contract import BadMessage, parse_image_message, parse_prediction_message
+
+log = logging.getLogger(__name__)
+NAME = "consume-db"
+DUPLICATE_KEY = 11000
+
+
+class TransientWriteError(Exception):
+    """A bulk write that may succeed if tried again (a race between two upserts of one _id)."""
+
+
+@dataclass
+class Stats:
+    images: int = 0
+    predictions: int = 0
+    dead_lettered: int = 0
+    batches: int = 0
+
+
+def updates_for(
+    records: list[ConsumerRecord], settings: Settings, now: float
+) -> tuple[dict[str, dict[str, dict]], list[tuple[ConsumerRecord, str]], Stats]:
+    """Turn a batch into one merged update per image_id, plus the records to dead-letter."""
+    updates: dict[str, dict[str, dict]] = {}
+    bad: list[tuple[ConsumerRecord, str]] = []
+    stats = Stats()
+    for record in records:
+        try:
+            if record.topic == settings.topic_images:
+                msg = parse_image_message(
+                    record.value, settings.max_image_bytes, settings.max_image_pixels
+                )
+                fields = {
+                    "device_id": msg.device_id,
+                    "timestamp": msg.timestamp,
+                    "image": Binary(msg.image),
+                    "content_type": msg.content_type,
+                }
+                if msg.ground_truth is not None:
+                    fields["ground_truth"] = msg.ground_truth
+                first = {"stored_at": now}
+                stats.images += 1
+            else:
+                pred = parse_prediction_message(record.value)
+                msg = pred
+                fields = {
+                    "prediction": {
+                        "label": pred.label,
+                        "confidence": pred.confidence,
+                        "model": pred.model,
+                        "inferred_at": pred.inferred_at,
+                    }
+                }
+                first = {"labelled_at": now}
+                stats.predictions += 1
+        except BadMessage as exc:
+            bad.append((record, str(exc)))
+            continue
+        update = updates.setdefault(msg.image_id, {"$set": {}, "$min": {}})
+        update["$set"].update(fields)
+        update["$min"].update(first)
+    stats.dead_lettered = len(bad)
+    return updates, bad, stats
+
+
+def write(collection: Collection, updates: dict[str, dict[str, dict]]) -> bool:
+    if not updates:
+        return True
+    ops = [
+        UpdateOne({"_id": image_id}, update, upsert=True) for image_id, update in updates.items()
+    ]
+    try:
+        collection.bulk_write(ops, ordered=False)
+    except BulkWriteError as exc:
+        codes = {e.get("code") for e in exc.details.get("writeErrors", [])}
+        if codes == {DUPLICATE_KEY}:
+            # Two writers upserted the same new _id at once; the retry finds it and updates it.
+            raise TransientWriteError("concurrent upsert of the same image_id") from exc
+        raise
+    return True
+
+
+def consume(settings: Settings, stopper: kafkaio.Stopper, idle_exit: float | None = None) -> Stats:
+    """Run until stopped (or idle for ``idle_exit`` seconds); returns what was processed."""
+    kafkaio.ensure_topics(settings)
+    client: MongoClient = MongoClient(settings.mongodb_uri, serverSelectionTimeoutMS=5000)
+    collection = client[settings.mongodb_database][settings.mongodb_collection]
+    consumer = kafkaio.make_consumer(
+        settings,
+        [settings.topic_images, settings.topic_predictions],
+        settings.group_db,
+        settings.db_batch_size,
+    )
+    producer = kafkaio.make_producer(settings)
+    total = Stats()
+    last_record = time.monotonic()
+    log.info(
+        "consuming %s and %s into %s.%s",
+        settings.topic_images,
+        settings.topic_predictions,
+        settings.mongodb_database,
+        settings.mongodb_collection,
+    )
+    try:
+        while not stopper.stopped:
+            polled = consumer.poll(timeout_ms=1000, max_records=settings.db_batch_size)
+            records = [r for batch in polled.values() for r in batch]
+            if not records:
+                if idle_exit is not None and time.monotonic() - last_record > idle_exit:
+                    break
+                continue
+            last_record = time.monotonic()
+            updates, bad, stats = updates_for(records, settings, time.time())
+            done = kafkaio.retry_paused(
+                consumer,
+                lambda updates=updates: write(collection, updates),
+                (AutoReconnect, ConnectionFailure, ExecutionTimeout, TransientWriteError),
+                "MongoDB bulk write",
+                stopper,
+            )
+            if not done:
+                break  # not written: leave the offsets uncommitted for the next run
+            futures = [
+                kafkaio.send_to_dlq(producer, settings.topic_dlq, r, reason, NAME)
+                for r, reason in bad
+            ]
+            kafkaio.wait_all(futures)
+            kafkaio.commit(consumer, records)
+            total.images += stats.images
+            total.predictions += stats.predictions
+            total.dead_lettered += stats.dead_lettered
+            total.batches += 1
+            log.debug(
+                "batch %d: %d images, %d predictions, %d dead-lettered",
+                total.batches,
+                stats.images,
+                stats.predictions,
+                stats.dead_lettered,
+            )
+    finally:
+        consumer.close(autocommit=False)
+        producer.close()
+        client.close()
+    log.info("stopped: %s", total)
+    return total
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--exit-when-idle",
+        type=float,
+        metavar="SECONDS",
+        help="stop after this long with no messages (default: run forever)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    consume(Settings.from_env(), kafkaio.Stopper().install(), args.exit_when_idle)
+    return 0

@@ -1,0 +1,182 @@
+"""`appliance produce`: simulated cameras that send CIFAR-10 images to Kafka.
+
+Each device sends at its own rate; one idempotent producer (acks=all) carries them all, keyed by
+image_id. The run ends with sent / acknowledged / failed counts and fails if any send failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import logging
+import random
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+from tqdm import tqdm
+
+from appliance import datasets, kafkaio
+from appliance.config import Settings
+from appliance.contract import encode_image_message
+
+log = logging.getLogger(__name__)
+ORDERS = ("sequential", "shuffle", "random")
+
+
+@dataclass
+class Counts:
+    sent: int = 0
+    acknowledged: int = 0
+    failed: int = 0
+    errors: list[str] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def ack(self, _metadata: object) -> None:
+        with self._lock:
+            self.acknowledged += 1
+
+    def fail(self, exc: BaseException) -> None:
+        with self._lock:
+            self.failed += 1
+            if len(self.errors) < 5:
+                self.errors.append(str(exc))
+
+
+def ordered(samples: Sequence[datasets.Sample], order: str, seed: int) -> Iterator[datasets.Sample]:
+    """Endless stream of samples: in source order, reshuffled each pass, or drawn at random."""
+    rng = random.Random(seed)
+    if order == "random":
+        while True:
+            yield rng.choice(samples)
+    indices = list(range(len(samples)))
+    while True:
+        if order == "shuffle":
+            rng.shuffle(indices)
+        for i in indices:
+            yield samples[i]
+
+
+def device_names(prefix: str, devices: int) -> list[str]:
+    return [f"{prefix}-{i:02d}" for i in range(devices)]
+
+
+def produce(
+    settings: Settings,
+    samples: Sequence[datasets.Sample],
+    devices: int = 4,
+    rate: float = 0.0,
+    count: int | None = None,
+    duration: float | None = None,
+    order: str = "sequential",
+    seed: int = 0,
+    progress: bool = True,
+) -> Counts:
+    """Send images round the devices until ``count`` images or ``duration`` seconds.
+
+    ``rate`` is images per second per device; 0 sends as fast as the broker takes them.
+    """
+    if count is None and duration is None:
+        count = len(samples)
+    kafkaio.ensure_topics(settings)
+    producer = kafkaio.make_producer(settings)
+    counts = Counts()
+    names = device_names(settings.device_id, devices)
+    stream = ordered(samples, order, seed)
+    start = time.monotonic()
+    # (next send time, device index): each device keeps its own schedule.
+    schedule = [(start, i) for i in range(devices)]
+    heapq.heapify(schedule)
+    bar = tqdm(total=count, unit="img", desc="sent", disable=not progress, file=sys.stderr)
+    try:
+        while count is None or counts.sent < count:
+            due, device = heapq.heappop(schedule)
+            now = time.monotonic()
+            if duration is not None and max(now, due) - start >= duration:
+                break
+            if due > now:
+                time.sleep(due - now)
+            sample = next(stream)
+            key, value = encode_image_message(sample.image, names[device], sample.label)
+            counts.sent += 1
+            try:
+                future = producer.send(settings.topic_images, key=key.encode(), value=value)
+            except kafkaio.KafkaError as exc:  # e.g. no broker metadata within max_block_ms
+                counts.fail(exc)
+            else:
+                future.add_callback(counts.ack).add_errback(counts.fail)
+            bar.update(1)
+            heapq.heappush(schedule, (due + (1.0 / rate if rate > 0 else 0.0), device))
+    finally:
+        producer.flush()
+        producer.close()
+        bar.close()
+    return counts
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--source",
+        default="cifar10",
+        help="'cifar10' (official archive, downloaded and MD5-checked), a folder "
+        "of class subfolders, or a .tar.gz of one (default: cifar10)",
+    )
+    parser.add_argument(
+        "--split",
+        choices=datasets.SPLITS,
+        default="test",
+        help="which part of the source to send (default: test)",
+    )
+    parser.add_argument("--devices", type=int, default=4, help="number of cameras (default: 4)")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=5.0,
+        help="images per second per camera; 0 = as fast as possible (default: 5)",
+    )
+    limit = parser.add_mutually_exclusive_group()
+    limit.add_argument("--count", type=int, help="total images to send (default: the whole split)")
+    limit.add_argument("--duration", type=float, help="seconds to send for")
+    parser.add_argument(
+        "--order",
+        choices=ORDERS,
+        default="shuffle",
+        help="source order, reshuffled each pass, or random draws (default: shuffle)",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    for name in ("devices", "count"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            print(f"appliance produce: --{name} must be positive, got {value}", file=sys.stderr)
+            return 2
+    if args.rate < 0 or (args.duration is not None and args.duration <= 0):
+        print("appliance produce: --rate must be >= 0 and --duration > 0", file=sys.stderr)
+        return 2
+    settings = Settings.from_env()
+    try:
+        samples = datasets.load(args.source, args.split)
+    except datasets.DatasetError as exc:
+        print(f"appliance produce: {exc}", file=sys.stderr)
+        return 2
+    log.info("loaded %d images from %s (%s)", len(samples), args.source, args.split)
+    counts = produce(
+        settings,
+        samples,
+        devices=args.devices,
+        rate=args.rate,
+        count=args.count,
+        duration=args.duration,
+        order=args.order,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    print(f"sent {counts.sent}, acknowledged {counts.acknowledged}, failed {counts.failed}")
+    for error in counts.errors:
+        print(f"  send error: {error}", file=sys.stderr)
+    return 0 if counts.failed == 0 and counts.acknowledged == counts.sent else 1

@@ -1,0 +1,116 @@
+"""Real services for integration tests: Kafka, a MongoDB-protocol server, the inference server.
+
+Kafka and MongoDB come from KAFKA_BOOTSTRAP_SERVERS / MONGODB_URI when both are set; otherwise
+`appliance services up` starts them (and they are stopped again at the end). Each test gets its
+own topics, consumer groups and collection, so tests never see each other's messages.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from pymongo import MongoClient
+
+from appliance import datasets, model
+from appliance.config import Settings
+
+from .harness import ConsumerProcess, ServerProcess
+
+
+@pytest.fixture(scope="session")
+def services() -> Iterator[Settings]:
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    mongodb = os.environ.get("MONGODB_URI")
+    if bootstrap and mongodb:
+        yield Settings(kafka_bootstrap_servers=bootstrap, mongodb_uri=mongodb)
+        return
+    from appliance import devservices
+
+    was_running = devservices.is_running()
+    endpoints = devservices.up()
+    yield Settings(
+        kafka_bootstrap_servers=endpoints.kafka_bootstrap_servers, mongodb_uri=endpoints.mongodb_uri
+    )
+    if not was_running:
+        devservices.down()
+
+
+@pytest.fixture(scope="session")
+def model_path(tmp_path_factory) -> Path:
+    """A freshly initialised ResNet50 saved and loaded through the normal artifact code."""
+    path = tmp_path_factory.mktemp("model") / "resnet50.keras"
+    model.create_untrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def inference_server(model_path, tmp_path_factory) -> Iterator[ServerProcess]:
+    server = ServerProcess(model_path, tmp_path_factory.mktemp("server") / "server.log").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def server_factory(model_path, tmp_path) -> Iterator:
+    """Servers of a test's own, for tests that stop them or change their settings."""
+    started: list[ServerProcess] = []
+
+    def make(env: dict[str, str] | None = None) -> ServerProcess:
+        server = ServerProcess(model_path, tmp_path / f"server-{len(started)}.log", env)
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def settings(services: Settings, inference_server: ServerProcess) -> Settings:
+    """The test's own topics, groups and collection on the shared services."""
+    tag = uuid.uuid4().hex[:8]
+    return replace(
+        services,
+        inference_url=inference_server.url,
+        topic_images=f"images-{tag}",
+        topic_predictions=f"predictions-{tag}",
+        topic_dlq=f"images.dlq-{tag}",
+        group_db=f"db-{tag}",
+        group_inference=f"inference-{tag}",
+        mongodb_collection=f"images_{tag}",
+        device_id=f"camera-{tag}",
+    )
+
+
+@pytest.fixture
+def consumers(tmp_path) -> Iterator:
+    started: list[ConsumerProcess] = []
+
+    def start(command: str, settings: Settings) -> ConsumerProcess:
+        proc = ConsumerProcess(command, settings, tmp_path / f"{command}-{len(started)}.log")
+        started.append(proc.start())
+        return proc
+
+    yield start
+    for proc in started:
+        proc.kill(signal.SIGTERM)
+
+
+@pytest.fixture
+def collection(settings: Settings):
+    client: MongoClient = MongoClient(settings.mongodb_uri)
+    coll = client[settings.mongodb_database][settings.mongodb_collection]
+    yield coll
+    coll.drop()
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def cifar_test_samples(shared_archive) -> list[datasets.Sample]:
+    return datasets.load(str(shared_archive), "test")
