@@ -1,0 +1,252 @@
+"""`appliance services` for real: Kafka and the MongoDB-protocol server up, used, and down again.
+
+Runs on free ports and in its own state directory, so a stack started with `make services` on the
+default ports keeps running. The jars and the FerretDB binary come from the user's cache (the first
+run fetches and builds them: minutes).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from kafka import KafkaConsumer, KafkaProducer
+from pymongo import MongoClient, UpdateOne
+
+from appliance import devservices as ds
+
+pytestmark = pytest.mark.integration
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports the kernel just handed out; held together so the three differ."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+@dataclass(frozen=True)
+class Stack:
+    config: ds.ServicesConfig
+    endpoints: ds.Endpoints
+    output: str  # what `up` printed
+    seconds: float
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    kafka, controller, mongodb = free_ports(3)
+    config = ds.ServicesConfig(
+        kafka_port=kafka,
+        kafka_controller_port=controller,
+        mongodb_port=mongodb,
+        state_dir=tmp_path_factory.mktemp("services") / "state",
+    )
+    try:
+        ds.find_toolchain(config)
+    except ds.MissingToolError as exc:
+        pytest.skip(str(exc))
+    out = io.StringIO()
+    start = time.monotonic()
+    try:
+        endpoints = ds.up(config, out=out)
+    finally:
+        sys.stderr.write(out.getvalue())  # shown by pytest when something fails
+    yield Stack(config, endpoints, out.getvalue(), time.monotonic() - start)
+    ds.down(config, out=io.StringIO())
+
+
+def cli_env(config: ds.ServicesConfig) -> dict[str, str]:
+    return {
+        **os.environ,
+        ds.ENV_KAFKA_PORT: str(config.kafka_port),
+        ds.ENV_KAFKA_CONTROLLER_PORT: str(config.kafka_controller_port),
+        ds.ENV_MONGODB_PORT: str(config.mongodb_port),
+        ds.ENV_STATE_DIR: str(config.state_dir),
+    }
+
+
+def test_up_returns_the_endpoints_on_the_ports_asked_for(stack: Stack) -> None:
+    config = stack.config
+    assert stack.endpoints.kafka_bootstrap_servers == f"127.0.0.1:{config.kafka_port}"
+    assert stack.endpoints.mongodb_uri == f"mongodb://127.0.0.1:{config.mongodb_port}"
+    assert "services up in" in stack.output
+    assert (config.state_dir / ds.STATE_FILE).exists()
+    assert (config.kafka_dir / "kafka.log").stat().st_size > 0
+
+
+def test_status_reports_both_services_healthy(stack: Stack) -> None:
+    statuses = {entry.name: entry for entry in ds.status(stack.config)}
+    assert set(statuses) == {"kafka", "mongodb"}
+    for entry in statuses.values():
+        assert entry.running and entry.healthy, entry
+        assert entry.pid is not None and entry.pid > 0
+    assert statuses["kafka"].address == stack.endpoints.kafka_bootstrap_servers
+    assert ds.is_running(stack.config)
+
+
+def test_status_command_prints_pid_address_and_health(stack: Stack) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "appliance", "services", "status"],
+        env=cli_env(stack.config),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2, result.stdout
+    ports = {"kafka": stack.config.kafka_port, "mongodb": stack.config.mongodb_port}
+    for line, name in zip(sorted(lines), sorted(ports), strict=True):
+        fields = line.split()
+        assert fields[0] == name
+        assert fields[1] == "pid" and fields[2].isdigit()
+        assert fields[3] == f"127.0.0.1:{ports[name]}"
+        assert fields[4] == "healthy"
+
+
+def test_up_again_is_a_no_op_that_says_so(stack: Stack) -> None:
+    before = [entry.pid for entry in ds.status(stack.config)]
+    out = io.StringIO()
+    assert ds.up(stack.config, out=out) == stack.endpoints
+    assert "already running" in out.getvalue()
+    assert [entry.pid for entry in ds.status(stack.config)] == before
+
+
+def test_up_env_prints_exports_for_eval(stack: Stack) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "appliance", "services", "up", "--env"],
+        env=cli_env(stack.config),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        f"export KAFKA_BOOTSTRAP_SERVERS={stack.endpoints.kafka_bootstrap_servers}",
+        f"export MONGODB_URI={stack.endpoints.mongodb_uri}",
+    ]
+
+
+def test_another_stack_on_the_same_ports_fails_clearly(stack: Stack, tmp_path: Path) -> None:
+    other = ds.ServicesConfig(
+        kafka_port=stack.config.kafka_port,
+        kafka_controller_port=stack.config.kafka_controller_port,
+        mongodb_port=stack.config.mongodb_port,
+        state_dir=tmp_path / "other",
+    )
+    with pytest.raises(ds.ServiceError, match=rf"port {other.kafka_port} .* already in use"):
+        ds.up(other, out=io.StringIO())
+
+
+def test_kafka_round_trips_a_message(stack: Stack) -> None:
+    topic = f"devservices-{uuid.uuid4().hex[:8]}"
+    bootstrap = stack.endpoints.kafka_bootstrap_servers
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    try:
+        producer.send(topic, key=b"camera-00", value=b"hello").get(timeout=30)
+    finally:
+        producer.close()
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=f"{topic}-group",
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=30_000,
+    )
+    try:
+        received = next(iter(consumer))
+    finally:
+        consumer.close()
+    assert (received.key, received.value) == (b"camera-00", b"hello")
+
+
+def test_mongodb_upserts_with_set_and_min(stack: Stack) -> None:
+    client: MongoClient[dict[str, object]] = MongoClient(
+        stack.endpoints.mongodb_uri, serverSelectionTimeoutMS=10_000
+    )
+    try:
+        images = client["devservices_test"]["images"]
+        images.insert_one({"_id": "img-1", "device_id": "camera-00", "timestamp": 10.0})
+        result = images.bulk_write(
+            [
+                UpdateOne(
+                    {"_id": "img-1"},
+                    {"$set": {"prediction": {"label": "cat"}}, "$min": {"labelled_at": 20.0}},
+                    upsert=True,
+                ),
+                UpdateOne(
+                    {"_id": "img-2"},
+                    {"$set": {"device_id": "camera-01"}, "$min": {"labelled_at": 30.0}},
+                    upsert=True,
+                ),
+                UpdateOne({"_id": "img-2"}, {"$min": {"labelled_at": 25.0}}, upsert=True),
+            ],
+            ordered=False,
+        )
+        assert (result.upserted_count, result.matched_count) == (1, 2)
+        first = images.find_one({"_id": "img-1"})
+        assert first is not None
+        assert first["prediction"] == {"label": "cat"}
+        assert first["labelled_at"] == 20.0
+        assert [doc["labelled_at"] for doc in images.find({"_id": "img-2"})] == [25.0]
+        assert images.count_documents({}) == 2
+        assert images.count_documents({"prediction.label": "cat"}) == 1
+    finally:
+        client.drop_database("devservices_test")
+        client.close()
+
+
+def test_down_stops_everything_removes_the_data_and_frees_the_ports(stack: Stack) -> None:
+    # Last in this module: the stack fixture's own teardown then finds nothing to stop.
+    pids = [(entry.pid, entry.name) for entry in ds.status(stack.config)]
+    assert ds.down(stack.config, out=io.StringIO()) is True
+    assert not stack.config.state_dir.exists()
+    for pid, name in pids:
+        assert pid is not None
+        assert not ds.process_alive(pid, "kafka.Kafka" if name == "kafka" else "ferretdb"), name
+    config = stack.config
+    for port in (config.kafka_port, config.kafka_controller_port, config.mongodb_port):
+        assert ds.port_free(port), port
+    assert ds.status(config) == []
+    assert not ds.is_running(config)
+
+
+def test_a_service_that_never_gets_healthy_fails_with_its_log_and_is_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kafka, controller, mongodb = free_ports(3)
+    config = ds.ServicesConfig(
+        kafka_port=kafka,
+        kafka_controller_port=controller,
+        mongodb_port=mongodb,
+        state_dir=tmp_path / "state",
+    )
+    monkeypatch.setattr(ds, "kafka_problem", lambda *_args, **_kwargs: "pretend it is down")
+    with pytest.raises(ds.ServiceError) as caught:
+        ds.up(config, timeout_s=1, out=io.StringIO())
+    message = str(caught.value)
+    assert "Kafka" in message and "not healthy in time (pretend it is down)" in message
+    assert f"last lines of {config.kafka_dir / 'kafka.log'}" in message
+    # The processes are gone (ports free) but the logs stay for reading until `down`.
+    assert all(not entry.running for entry in ds.status(config))
+    assert ds.port_free(kafka) and ds.port_free(mongodb)
+    assert (config.kafka_dir / "kafka.log").exists()
+    assert ds.down(config, out=io.StringIO()) is True
+    assert not config.state_dir.exists()
