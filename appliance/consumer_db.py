@@ -26,6 +26,10 @@ from appliance.contract import BadMessage, parse_image_message, parse_prediction
 log = logging.getLogger(__name__)
 NAME = "consume-db"
 DUPLICATE_KEY = 11000
+# Updates per bulk_write command. FerretDB 1.24 (the local stand-in for MongoDB) hangs on one
+# update command with 100 or more statements that match existing documents: its SQLite handler
+# holds a pooled connection per statement until the command ends. Small chunks cost MongoDB little.
+WRITE_CHUNK = 50
 
 
 class TransientWriteError(Exception):
@@ -93,7 +97,9 @@ def write(collection: Collection, updates: dict[str, dict[str, dict]]) -> bool:
         UpdateOne({"_id": image_id}, update, upsert=True) for image_id, update in updates.items()
     ]
     try:
-        collection.bulk_write(ops, ordered=False)
+        # Chunks that succeed before a failure are simply written again on retry: idempotent.
+        for start in range(0, len(ops), WRITE_CHUNK):
+            collection.bulk_write(ops[start : start + WRITE_CHUNK], ordered=False)
     except BulkWriteError as exc:
         codes = {e.get("code") for e in exc.details.get("writeErrors", [])}
         if codes == {DUPLICATE_KEY}:

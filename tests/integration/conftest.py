@@ -72,12 +72,11 @@ def server_factory(model_path, tmp_path) -> Iterator:
 
 
 @pytest.fixture
-def settings(services: Settings, inference_server: ServerProcess) -> Settings:
+def settings(services: Settings) -> Settings:
     """The test's own topics, groups and collection on the shared services."""
     tag = uuid.uuid4().hex[:8]
     return replace(
         services,
-        inference_url=inference_server.url,
         topic_images=f"images-{tag}",
         topic_predictions=f"predictions-{tag}",
         topic_dlq=f"images.dlq-{tag}",
@@ -100,6 +99,12 @@ def consumers(tmp_path) -> Iterator:
     yield start
     for proc in started:
         proc.kill(signal.SIGTERM)
+
+
+@pytest.fixture
+def served_settings(settings: Settings, inference_server: ServerProcess) -> Settings:
+    """:func:`settings` pointing at the shared inference server."""
+    return replace(settings, inference_url=inference_server.url)
 
 
 @pytest.fixture

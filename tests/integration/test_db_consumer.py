@@ -1,0 +1,106 @@
+"""The DB consumer: arrival order, replay, and a SIGKILL in the middle of a run."""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import threading
+import time
+
+import pytest
+from kafka import KafkaProducer
+
+from appliance import producer
+from appliance.contract import encode_image_message, encode_prediction_message
+
+from .harness import wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def send_all(settings, topic: str, messages: list[tuple[str, bytes]]) -> None:
+    client = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
+    for key, value in messages:
+        client.send(topic, key=key.encode(), value=value)
+    client.flush()
+    client.close()
+
+
+def test_predictions_before_images_then_full_replay(settings, consumers, collection,
+                                                    cifar_test_samples):
+    from appliance.kafkaio import ensure_topics
+
+    ensure_topics(settings)
+    samples = cifar_test_samples[5:205]
+    ids = [f"img-{i:04d}" for i in range(len(samples))]
+    predictions = [encode_prediction_message(i, "frog", 0.5, "model-x", 100.0 + n)
+                   for n, i in enumerate(ids)]
+    images = [encode_image_message(s.image, "camera-07", s.label, image_id=i, timestamp=50.0)
+              for s, i in zip(samples, ids, strict=True)]
+
+    send_all(settings, settings.topic_predictions, predictions)
+    db = consumers("consume-db", settings)
+    wait_for(lambda: collection.count_documents({}) == len(ids), 60, "prediction-only documents")
+    assert collection.count_documents({"image": {"$exists": True}}) == 0
+
+    send_all(settings, settings.topic_images, images)
+    wait_for(lambda: collection.count_documents({"image": {"$exists": True}}) == len(ids), 60,
+             "images joined to their predictions", on_timeout=db.log)
+    before = {d["_id"]: d for d in collection.find()}
+    assert len(before) == len(ids)
+    for n, (image_id, sample) in enumerate(zip(ids, samples, strict=True)):
+        doc = before[image_id]
+        assert doc["image"] == sample.image and doc["ground_truth"] == sample.label
+        assert doc["prediction"] == {"label": "frog", "confidence": 0.5, "model": "model-x",
+                                     "inferred_at": 100.0 + n}
+        assert doc["labelled_at"] <= doc["stored_at"]  # the prediction really came first
+
+    # A new consumer group reads both topics again from the very beginning.
+    db.kill(signal.SIGTERM)
+    replay = dataclasses.replace(settings, group_db=settings.group_db + "-replay")
+    replayer = consumers("consume-db", replay)
+    wait_for(lambda: _lag_zero(replay), 60, "the replay to finish", on_timeout=replayer.log)
+    time.sleep(3)
+    after = {d["_id"]: d for d in collection.find()}
+    assert after == before
+
+
+def _lag_zero(settings) -> bool:
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers,
+                             group_id=settings.group_db, enable_auto_commit=False)
+    try:
+        for topic in (settings.topic_images, settings.topic_predictions):
+            parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
+            ends = consumer.end_offsets(parts)
+            for tp in parts:
+                if (consumer.committed(tp) or 0) < ends[tp]:
+                    return False
+        return True
+    finally:
+        consumer.close()
+
+
+def test_sigkill_mid_run_loses_and_duplicates_nothing(settings, consumers, collection,
+                                                      cifar_test_samples):
+    samples = cifar_test_samples[2::10]  # 1,000 images
+    db = consumers("consume-db", settings)
+    result = {}
+    sender = threading.Thread(
+        target=lambda: result.update(counts=producer.produce(
+            settings, samples, devices=4, rate=50, progress=False)))
+    sender.start()
+    wait_for(lambda: collection.count_documents({}) >= 200, 120, "the first 200 documents")
+    db.kill(signal.SIGKILL)
+    killed_at = collection.count_documents({})
+    assert killed_at < len(samples), "the kill must land mid-run"
+    time.sleep(2)
+    consumers("consume-db", settings)
+    sender.join()
+    assert result["counts"].acknowledged == len(samples)
+    wait_for(lambda: collection.count_documents({}) >= len(samples), 120, "every image stored")
+    time.sleep(3)
+    docs = list(collection.find({}, {"image": 1}))
+    assert len(docs) == len(samples)
+    assert len({bytes(d["image"]) for d in docs}) == len(samples)
