@@ -26,17 +26,21 @@ def send_all(settings, topic: str, messages: list[tuple[str, bytes]]) -> None:
     client.close()
 
 
-def test_predictions_before_images_then_full_replay(settings, consumers, collection,
-                                                    cifar_test_samples):
+def test_predictions_before_images_then_full_replay(
+    settings, consumers, collection, cifar_test_samples
+):
     from appliance.kafkaio import ensure_topics
 
     ensure_topics(settings)
     samples = cifar_test_samples[5:205]
     ids = [f"img-{i:04d}" for i in range(len(samples))]
-    predictions = [encode_prediction_message(i, "frog", 0.5, "model-x", 100.0 + n)
-                   for n, i in enumerate(ids)]
-    images = [encode_image_message(s.image, "camera-07", s.label, image_id=i, timestamp=50.0)
-              for s, i in zip(samples, ids, strict=True)]
+    predictions = [
+        encode_prediction_message(i, "frog", 0.5, "model-x", 100.0 + n) for n, i in enumerate(ids)
+    ]
+    images = [
+        encode_image_message(s.image, "camera-07", s.label, image_id=i, timestamp=50.0)
+        for s, i in zip(samples, ids, strict=True)
+    ]
 
     send_all(settings, settings.topic_predictions, predictions)
     db = consumers("consume-db", settings)
@@ -44,15 +48,23 @@ def test_predictions_before_images_then_full_replay(settings, consumers, collect
     assert collection.count_documents({"image": {"$exists": True}}) == 0
 
     send_all(settings, settings.topic_images, images)
-    wait_for(lambda: collection.count_documents({"image": {"$exists": True}}) == len(ids), 60,
-             "images joined to their predictions", on_timeout=db.log)
+    wait_for(
+        lambda: collection.count_documents({"image": {"$exists": True}}) == len(ids),
+        60,
+        "images joined to their predictions",
+        on_timeout=db.log,
+    )
     before = {d["_id"]: d for d in collection.find()}
     assert len(before) == len(ids)
     for n, (image_id, sample) in enumerate(zip(ids, samples, strict=True)):
         doc = before[image_id]
         assert doc["image"] == sample.image and doc["ground_truth"] == sample.label
-        assert doc["prediction"] == {"label": "frog", "confidence": 0.5, "model": "model-x",
-                                     "inferred_at": 100.0 + n}
+        assert doc["prediction"] == {
+            "label": "frog",
+            "confidence": 0.5,
+            "model": "model-x",
+            "inferred_at": 100.0 + n,
+        }
         assert doc["labelled_at"] <= doc["stored_at"]  # the prediction really came first
 
     # A new consumer group reads both topics again from the very beginning.
@@ -68,8 +80,11 @@ def test_predictions_before_images_then_full_replay(settings, consumers, collect
 def _lag_zero(settings) -> bool:
     from kafka import KafkaConsumer, TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers,
-                             group_id=settings.group_db, enable_auto_commit=False)
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        group_id=settings.group_db,
+        enable_auto_commit=False,
+    )
     try:
         for topic in (settings.topic_images, settings.topic_predictions):
             parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
@@ -82,14 +97,17 @@ def _lag_zero(settings) -> bool:
         consumer.close()
 
 
-def test_sigkill_mid_run_loses_and_duplicates_nothing(settings, consumers, collection,
-                                                      cifar_test_samples):
+def test_sigkill_mid_run_loses_and_duplicates_nothing(
+    settings, consumers, collection, cifar_test_samples
+):
     samples = cifar_test_samples[2::10]  # 1,000 images
     db = consumers("consume-db", settings)
     result = {}
     sender = threading.Thread(
-        target=lambda: result.update(counts=producer.produce(
-            settings, samples, devices=4, rate=50, progress=False)))
+        target=lambda: result.update(
+            counts=producer.produce(settings, samples, devices=4, rate=50, progress=False)
+        )
+    )
     sender.start()
     wait_for(lambda: collection.count_documents({}) >= 200, 120, "the first 200 documents")
     db.kill(signal.SIGKILL)

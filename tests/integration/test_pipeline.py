@@ -1,0 +1,103 @@
+"""The whole pipeline: producer -> Kafka -> both consumers -> server -> MongoDB."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+
+import pytest
+
+from appliance import producer
+from appliance.model import CIFAR10_CLASSES
+
+from .harness import wait_for
+
+pytestmark = pytest.mark.integration
+DOCUMENT_FIELDS = {"_id", "device_id", "timestamp", "image", "content_type", "ground_truth",
+                   "stored_at", "prediction", "labelled_at"}  # fmt: skip
+
+
+def labels_by_content(samples) -> dict[bytes, str]:
+    table = {hashlib.sha256(s.image).digest(): s.label for s in samples}
+    assert len(table) == len(samples), "test data must not repeat an image"
+    return table
+
+
+def labelled(collection) -> int:
+    return collection.count_documents({"prediction": {"$exists": True}})
+
+
+def assert_complete(collection, samples, expected: int) -> None:
+    truth = labels_by_content(samples)
+    docs = list(collection.find())
+    assert len(docs) == expected
+    assert len({d["_id"] for d in docs}) == expected
+    for doc in docs:
+        assert set(doc) == DOCUMENT_FIELDS, doc["_id"]
+        assert doc["ground_truth"] == truth[hashlib.sha256(doc["image"]).digest()]
+        assert doc["content_type"] == "image/jpeg"
+        assert doc["prediction"]["label"] in CIFAR10_CLASSES
+        assert 0.0 <= doc["prediction"]["confidence"] <= 1.0
+        assert doc["prediction"]["model"].startswith("resnet50-")
+        assert doc["stored_at"] > 0 and doc["labelled_at"] > 0
+
+
+def test_thousand_images_end_to_end(served_settings, consumers, collection, cifar_test_samples):
+    samples = cifar_test_samples[::10]  # 1,000 images, 100 of each class
+    assert len(samples) == 1000
+    db = consumers("consume-db", served_settings)
+    inference = consumers("consume-inference", served_settings)
+
+    counts = producer.produce(
+        served_settings, samples, devices=4, rate=0, count=1000, progress=False
+    )
+    assert (counts.sent, counts.acknowledged, counts.failed) == (1000, 1000, 0)
+
+    wait_for(
+        lambda: labelled(collection) >= 1000,
+        240,
+        "1,000 labelled documents",
+        on_timeout=lambda: db.log() + inference.log(),
+    )
+    time.sleep(2)  # anything extra would show up now
+    assert_complete(collection, samples, 1000)
+    devices = set(collection.distinct("device_id"))
+    assert devices == {f"{served_settings.device_id}-{i:02d}" for i in range(4)}
+    assert db.alive and inference.alive
+
+
+def test_server_down_for_20_seconds_mid_run(
+    settings, server_factory, consumers, collection, cifar_test_samples
+):
+    from dataclasses import replace
+
+    server = server_factory().start()
+    settings = replace(settings, inference_url=server.url)
+    samples = cifar_test_samples[1::25]  # 400 images
+    consumers("consume-db", settings)
+    inference = consumers("consume-inference", settings)
+    sender = threading.Thread(
+        target=producer.produce,
+        args=(settings, samples),
+        kwargs={"devices": 4, "rate": 10, "progress": False},
+    )
+    sender.start()
+    wait_for(lambda: labelled(collection) >= 50, 120, "the first labels")
+    server.stop()
+    stopped_at = labelled(collection)
+    time.sleep(20)
+    # Images kept arriving and being stored; none was labelled while the server was away.
+    assert labelled(collection) == stopped_at
+    assert collection.count_documents({}) > stopped_at
+    assert inference.alive
+    server.start()
+    sender.join()
+    wait_for(
+        lambda: labelled(collection) >= len(samples),
+        180,
+        "every image labelled",
+        on_timeout=inference.log,
+    )
+    assert_complete(collection, samples, len(samples))
+    assert "retrying" in inference.log()
