@@ -50,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # kafka-python logs every connection at INFO; its warnings still show.
+    logging.getLogger("kafka").setLevel(max(logging.getLogger().level, logging.WARNING))
     try:
         return int(importlib.import_module(args.module).run(args) or 0)
     except ConfigError as exc:

@@ -86,13 +86,14 @@ def produce(
     names = device_names(settings.device_id, devices)
     stream = ordered(samples, order, seed)
     start = time.monotonic()
-    # (next send time, device index): each device keeps its own schedule.
-    schedule = [(start, i) for i in range(devices)]
+    # (next send time, sends so far, device): each device keeps its own schedule; at equal times
+    # (always, with rate 0) the device that sent least goes next, so devices take turns.
+    schedule = [(start, 0, i) for i in range(devices)]
     heapq.heapify(schedule)
     bar = tqdm(total=count, unit="img", desc="sent", disable=not progress, file=sys.stderr)
     try:
         while count is None or counts.sent < count:
-            due, device = heapq.heappop(schedule)
+            due, sends, device = heapq.heappop(schedule)
             now = time.monotonic()
             if duration is not None and max(now, due) - start >= duration:
                 break
@@ -108,7 +109,7 @@ def produce(
             else:
                 future.add_callback(counts.ack).add_errback(counts.fail)
             bar.update(1)
-            heapq.heappush(schedule, (due + (1.0 / rate if rate > 0 else 0.0), device))
+            heapq.heappush(schedule, (due + (1.0 / rate if rate > 0 else 0.0), sends + 1, device))
     finally:
         producer.flush()
         producer.close()
