@@ -1,0 +1,49 @@
+# The appliance's entry points. `make help` lists them.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Images for the cameras: the shared CIFAR-10 archive when present, else the official download.
+SOURCE ?= $(firstword $(wildcard ../shared/data/cifar10-jpg.tar.gz) cifar10)
+COUNT ?= 1000
+
+.DEFAULT_GOAL := help
+.PHONY: help venv run test test-unit lint services services-stop services-status bench-serve clean
+
+help: ## List the targets.
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+venv: $(BIN)/.installed ## Create .venv with the pinned packages.
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+run: venv ## Run the whole pipeline locally (services, server, consumers, cameras) and print the counts.
+	$(BIN)/appliance pipeline --source $(SOURCE) --count $(COUNT)
+
+test: venv ## Run every test (starts Kafka and the MongoDB-protocol server itself).
+	$(BIN)/pytest
+
+test-unit: venv ## Run the tests that need no services.
+	$(BIN)/pytest tests/unit
+
+lint: venv ## ruff check and ruff format --check.
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+services: venv ## Start local Kafka and the MongoDB-protocol server (loopback).
+	$(BIN)/appliance services up
+
+services-stop: venv ## Stop them and remove their data.
+	$(BIN)/appliance services down
+
+services-status: venv ## Show whether they are running and healthy.
+	$(BIN)/appliance services status
+
+bench-serve: venv ## Benchmark: in-process model vs the server vs a naive server.
+	$(BIN)/appliance bench serve
+
+clean: ## Remove build outputs (not the venv).
+	rm -rf build

@@ -1,0 +1,195 @@
+"""`appliance pipeline`: the whole pipeline on this machine, then how many images landed.
+
+Starts (or reuses) the local Kafka and MongoDB-protocol server, the inference server, both
+consumers, and the cameras; waits until every image sent is stored and labelled; prints the counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import requests
+from pymongo import MongoClient
+from tqdm import tqdm
+
+from appliance import datasets, devservices, model, producer
+from appliance.config import Settings
+
+log = logging.getLogger(__name__)
+DEFAULT_MODEL = Path("build/model/resnet50.keras")
+
+
+def start(command: list[str], settings: Settings, log_path: Path) -> subprocess.Popen:
+    env = {**os.environ, **{k.upper(): str(v) for k, v in asdict(settings).items()}}
+    with log_path.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "appliance", *command],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, log_path: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"inference server exited; see {log_path}")
+        try:
+            if requests.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"inference server not healthy after {timeout:.0f}s; see {log_path}")
+
+
+def ensure_model(path: Path) -> Path:
+    if model.artifact_paths(path)[0].exists():
+        return path
+    print(
+        f"no model at {path}: saving a freshly initialised ResNet50 there (labels will be "
+        "guesses; `make model` trains one)",
+        file=sys.stderr,
+    )
+    model.create_untrained(path)
+    return path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--source",
+        default="cifar10",
+        help="image source, as for `appliance produce` (default: cifar10)",
+    )
+    parser.add_argument("--count", type=int, default=1000, help="images to send (default: 1000)")
+    parser.add_argument("--devices", type=int, default=4, help="cameras (default: 4)")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="images/s per camera, 0 = as fast as possible (default: 0)",
+    )
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=DEFAULT_MODEL,
+        help=f"model artifact (default: {DEFAULT_MODEL}, made if missing)",
+    )
+    parser.add_argument("--port", type=int, default=8000, help="inference server port")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=600.0,
+        help="seconds to wait for every image to be labelled (default: 600)",
+    )
+    parser.add_argument(
+        "--keep-services", action="store_true", help="leave Kafka and MongoDB running afterwards"
+    )
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=Path("build/pipeline"),
+        help="where the component logs go (default: build/pipeline)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        samples = datasets.load(args.source, "test")
+    except datasets.DatasetError as exc:
+        print(f"appliance pipeline: {exc}", file=sys.stderr)
+        return 2
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    settings = Settings.from_env()
+    external = bool(os.environ.get("KAFKA_BOOTSTRAP_SERVERS") and os.environ.get("MONGODB_URI"))
+    started_services = not external and not devservices.is_running()
+    if not external:
+        endpoints = devservices.up()
+        settings = replace(
+            settings,
+            kafka_bootstrap_servers=endpoints.kafka_bootstrap_servers,
+            mongodb_uri=endpoints.mongodb_uri,
+        )
+    settings = replace(settings, inference_url=f"http://127.0.0.1:{args.port}")
+    model_path = ensure_model(args.model)
+    procs: list[subprocess.Popen] = []
+    try:
+        server_log = args.work_dir / "server.log"
+        server = start(
+            ["serve", "--model", str(model_path), "--bind", f"127.0.0.1:{args.port}"],
+            settings,
+            server_log,
+        )
+        procs.append(server)
+        print(f"waiting for the inference server on {settings.inference_url} ...", file=sys.stderr)
+        wait_healthy(settings.inference_url, server, server_log, 300)
+        for name in ("consume-db", "consume-inference"):
+            procs.append(start([name], settings, args.work_dir / f"{name}.log"))
+        began = time.time()
+        counts = producer.produce(
+            settings,
+            samples,
+            devices=args.devices,
+            rate=args.rate,
+            count=args.count,
+            order="shuffle",
+        )
+        print(
+            f"cameras: sent {counts.sent}, acknowledged {counts.acknowledged}, "
+            f"failed {counts.failed}",
+            file=sys.stderr,
+        )
+        return report(settings, began, counts.acknowledged, args.timeout)
+    finally:
+        for proc in reversed(procs):
+            stop(proc)
+        if started_services and not args.keep_services:
+            devservices.down()
+
+
+def report(settings: Settings, began: float, expected: int, timeout: float) -> int:
+    """Wait for this run's documents (timestamp after ``began``), then print the counts."""
+    client: MongoClient = MongoClient(settings.mongodb_uri)
+    images = client[settings.mongodb_database][settings.mongodb_collection]
+    this_run = {"timestamp": {"$gte": began}}
+    done = {**this_run, "prediction": {"$exists": True}}
+    deadline = time.monotonic() + timeout
+    with tqdm(total=expected, unit="img", desc="labelled", file=sys.stderr) as bar:
+        while time.monotonic() < deadline:
+            labelled = images.count_documents(done)
+            bar.update(labelled - bar.n)
+            if labelled >= expected:
+                break
+            time.sleep(1)
+    stored = images.count_documents(this_run)
+    labelled = images.count_documents(done)
+    correct = sum(
+        1
+        for d in images.find(done, {"ground_truth": 1, "prediction.label": 1})
+        if d.get("ground_truth") == d["prediction"]["label"]
+    )
+    client.close()
+    print(
+        f"stored {stored}, labelled {labelled} of {expected} images "
+        f"({correct} labels match ground truth)"
+    )
+    return 0 if stored == labelled == expected else 1
