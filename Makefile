@@ -8,7 +8,7 @@ SOURCE ?= $(firstword $(wildcard ../shared/data/cifar10-jpg.tar.gz) cifar10)
 COUNT ?= 1000
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test test-unit lint services services-stop services-status bench-serve clean
+.PHONY: help venv run test test-unit lint services services-stop services-status model evaluate bench-serve clean
 
 help: ## List the targets.
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -17,7 +17,7 @@ venv: $(BIN)/.installed ## Create .venv with the pinned packages.
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[server,dev]'
 	touch $@
 
 run: venv ## Run the whole pipeline locally (services, server, consumers, cameras) and print the counts.
@@ -42,8 +42,17 @@ services-stop: venv ## Stop them and remove their data.
 services-status: venv ## Show whether they are running and healthy.
 	$(BIN)/appliance services status
 
+model: venv ## Train the ResNet50 on CIFAR-10 into build/model/ (resumes if interrupted).
+	$(BIN)/appliance train --data $(SOURCE) --out build/model/resnet50.keras
+
+evaluate: venv ## Evaluate build/model/resnet50.keras on the test split.
+	$(BIN)/appliance evaluate build/model/resnet50.keras $(SOURCE)
+
 bench-serve: venv ## Benchmark: in-process model vs the server vs a naive server.
 	$(BIN)/appliance bench serve
 
 clean: ## Remove build outputs (not the venv).
 	rm -rf build
+
+# Each part of the build keeps its targets beside its files.
+-include images/containers.mk packer/images.mk

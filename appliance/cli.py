@@ -23,7 +23,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "services": ("appliance.devservices", "start/stop local Kafka and MongoDB-protocol server"),
     "pipeline": ("appliance.pipeline", "run the whole pipeline locally and report the counts"),
     "model": ("appliance.model_cli", "create or inspect a model artifact"),
+    "train": ("appliance.train", "train the ResNet50 on CIFAR-10"),
+    "evaluate": ("appliance.evaluate", "top-1, per-class accuracy and confusion matrix"),
     "bench": ("appliance.bench", "benchmarks that print figures"),
+    "stack": ("appliance.stack", "the pipeline as containers on one Docker host"),
+    "userdata": ("appliance.cloud.userdata", "render an image's cloud-init user-data"),
+    "deploy": ("appliance.cloud.deploy", "create the four servers on OpenStack"),
+    "destroy": ("appliance.cloud.destroy", "remove the servers deploy created"),
 }
 
 
