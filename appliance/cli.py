@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"appliance {__version__}")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    chosen = sys.argv[1] if len(sys.argv) > 1 and sys.argv[1] in COMMANDS else None
+    # The first word that names a command (global options such as --log-level may come first).
+    chosen = next((word for word in sys.argv[1:] if word in COMMANDS), None)
     for name, (module, help_text) in COMMANDS.items():
         cmd = sub.add_parser(name, help=help_text, description=help_text)
         cmd.set_defaults(module=module)

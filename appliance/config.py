@@ -34,6 +34,10 @@ class Settings:
     max_image_bytes: int = 4 * 1024 * 1024
     max_image_pixels: int = 4096 * 4096
 
+    def to_env(self) -> dict[str, str]:
+        """The settings as the environment variables :meth:`from_env` reads."""
+        return {f.name.upper(): str(getattr(self, f.name)) for f in fields(self)}
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ

@@ -13,26 +13,25 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
-import requests
 from pymongo import MongoClient
 from tqdm import tqdm
 
 from appliance import datasets, devservices, model, producer
 from appliance.config import Settings
+from appliance.server.process import ServerProcess
 
 log = logging.getLogger(__name__)
 DEFAULT_MODEL = Path("build/model/resnet50.keras")
 
 
 def start(command: list[str], settings: Settings, log_path: Path) -> subprocess.Popen:
-    env = {**os.environ, **{k.upper(): str(v) for k, v in asdict(settings).items()}}
     with log_path.open("ab") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "appliance", *command],
-            env=env,
+            env={**os.environ, **settings.to_env()},
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -46,20 +45,6 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait(30)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
-
-
-def wait_healthy(url: str, proc: subprocess.Popen, log_path: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"inference server exited; see {log_path}")
-        try:
-            if requests.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"inference server not healthy after {timeout:.0f}s; see {log_path}")
 
 
 def ensure_model(path: Path) -> Path:
@@ -129,19 +114,13 @@ def run(args: argparse.Namespace) -> int:
             kafka_bootstrap_servers=endpoints.kafka_bootstrap_servers,
             mongodb_uri=endpoints.mongodb_uri,
         )
-    settings = replace(settings, inference_url=f"http://127.0.0.1:{args.port}")
     model_path = ensure_model(args.model)
+    server = ServerProcess(model_path, args.work_dir / "server.log", port=args.port)
+    settings = replace(settings, inference_url=server.url)
     procs: list[subprocess.Popen] = []
     try:
-        server_log = args.work_dir / "server.log"
-        server = start(
-            ["serve", "--model", str(model_path), "--bind", f"127.0.0.1:{args.port}"],
-            settings,
-            server_log,
-        )
-        procs.append(server)
-        print(f"waiting for the inference server on {settings.inference_url} ...", file=sys.stderr)
-        wait_healthy(settings.inference_url, server, server_log, 300)
+        print(f"waiting for the inference server on {server.url} ...", file=sys.stderr)
+        server.start(timeout=300)
         for name in ("consume-db", "consume-inference"):
             procs.append(start([name], settings, args.work_dir / f"{name}.log"))
         began = time.time()
@@ -162,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         for proc in reversed(procs):
             stop(proc)
+        server.stop()
         if started_services and not args.keep_services:
             devservices.down()
 

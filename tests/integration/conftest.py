@@ -19,8 +19,9 @@ from pymongo import MongoClient
 
 from appliance import datasets, model
 from appliance.config import Settings
+from appliance.server.process import ServerProcess
 
-from .harness import ConsumerProcess, ServerProcess
+from .harness import ConsumerProcess
 
 
 @pytest.fixture(scope="session")
@@ -51,23 +52,22 @@ def model_path(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def inference_server(model_path, tmp_path_factory) -> Iterator[ServerProcess]:
-    server = ServerProcess(model_path, tmp_path_factory.mktemp("server") / "server.log").start()
-    yield server
-    server.stop()
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    with ServerProcess(model_path, log) as server:
+        yield server
 
 
 @pytest.fixture
 def server_factory(model_path, tmp_path) -> Iterator:
     """Servers of a test's own, for tests that stop them or change their settings."""
-    started: list[ServerProcess] = []
+    made: list[ServerProcess] = []
 
     def make(env: dict[str, str] | None = None) -> ServerProcess:
-        server = ServerProcess(model_path, tmp_path / f"server-{len(started)}.log", env)
-        started.append(server)
-        return server
+        made.append(ServerProcess(model_path, tmp_path / f"server-{len(made)}.log", env=env))
+        return made[-1]
 
     yield make
-    for server in started:
+    for server in made:
         server.stop()
 
 

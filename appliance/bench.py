@@ -1,0 +1,381 @@
+"""``appliance bench serve``: what the micro-batching server buys, in images per second.
+
+One run measures, on this machine:
+
+1. the model called in-process at batch B (the server's own compiled call, TensorFlow's default
+   threads: the ceiling);
+2. the server over HTTP (Gunicorn started here on loopback, max batch B) with C clients each
+   sending single images to ``/predict``;
+3. the same server in ``INFERENCE_MODE=naive`` (Keras ``predict()`` per request), same clients;
+
+and prints each figure with the ratios server/in-process and server/naive. Phases 1 and 2 take
+turns in short rounds (the server idles while the model runs in-process and the reverse), so that
+load from other processes on the machine weighs on both figures alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import http.client
+import io
+import json
+import logging
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from appliance.server.process import ServerProcess, default_workers
+
+log = logging.getLogger(__name__)
+
+TARGET_VS_IN_PROCESS = 0.60
+TARGET_VS_NAIVE = 20.0
+# After a load is switched on, time for the pipeline to fill before counting.
+RAMP_S = 0.5
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
+    serve = sub.add_parser("serve", help="in-process model vs the server vs a naive server")
+    add = serve.add_argument
+    add("--model", help="model artifact; default: a freshly initialised one in a temp dir")
+    add("--batch", type=int, default=64, help="batch size in-process and server max batch")
+    # 4 x batch: two full batches in flight per worker with 2 workers (the 2-core default).
+    add("--clients", type=int, default=256, help="concurrent HTTP clients, one request each")
+    add("--seconds", type=float, default=10.0, help="measured seconds per phase")
+    add("--rounds", type=int, default=3, help="turns taken by the in-process and server phases")
+    add("--warmup", type=float, default=2.0, help="unmeasured seconds before measuring")
+    add("--workers", type=int, help="Gunicorn workers (default: the server's, one per core)")
+    add("--naive-workers", type=int, help="naive server's workers (default: the same)")
+    add("--threads", type=int, help="threads per worker (default: max(clients, batch))")
+    add("--max-batch-wait-ms", type=float, default=5.0, help="server batch wait")
+    add("--startup-timeout", type=float, default=180.0, help="seconds for a server to be ready")
+    add("--skip-naive", action="store_true", help="leave out the naive server phase")
+
+
+@dataclass
+class Result:
+    images_per_s: float
+    errors: int = 0
+    mean_batch: float | None = None
+
+
+def run(args: argparse.Namespace) -> int:
+    if min(args.batch, args.clients, args.rounds) < 1 or args.seconds <= 0:
+        print(
+            "bench serve: --batch, --clients, --rounds, --seconds must be positive", file=sys.stderr
+        )
+        return 2
+    threads = args.threads or max(args.clients, args.batch)
+    workers = args.workers or default_workers()
+    with tempfile.TemporaryDirectory(prefix="appliance-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        model_path = args.model or _untrained_model(tmp)
+        bodies = _request_bodies(model_path)
+        in_process, server = _compare(model_path, args, bodies, tmp, threads, workers)
+        naive = None
+        if not args.skip_naive:
+            naive_workers = args.naive_workers or workers
+            with _Server("naive", model_path, args, tmp, threads, naive_workers) as naive_server:
+                naive = naive_server.measure(bodies)
+            _report(
+                "naive server",
+                f"Keras predict() per request, same clients, {naive_workers} workers",
+                naive,
+            )
+    vs_in_process = server.images_per_s / in_process.images_per_s
+    print(
+        f"server / in-process: {vs_in_process:.2f} (target >= {TARGET_VS_IN_PROCESS:.2f}: "
+        f"{'met' if vs_in_process >= TARGET_VS_IN_PROCESS else 'NOT met'})"
+    )
+    if naive is not None and naive.images_per_s > 0:
+        vs_naive = server.images_per_s / naive.images_per_s
+        print(
+            f"server / naive: {vs_naive:.1f}x (target >= {TARGET_VS_NAIVE:.0f}x: "
+            f"{'met' if vs_naive >= TARGET_VS_NAIVE else 'NOT met'})"
+        )
+    return 1 if server.errors or (naive is not None and naive.errors) else 0
+
+
+def _compare(
+    model_path: str,
+    args: argparse.Namespace,
+    bodies: list[bytes],
+    tmp: Path,
+    threads: int,
+    workers: int,
+) -> tuple[Result, Result]:
+    """Phases 1 and 2, taking turns."""
+    with _Server("server", model_path, args, tmp, threads, workers) as server:
+        model = _InProcess(model_path, args.batch)
+        clients = _Clients(server.port, bodies, args.clients)
+        loads: dict[str, _Load] = {"in-process": model, "server": clients}
+        try:
+            for load in loads.values():
+                load.start()
+                load.run_for(args.warmup)
+            rates = _take_turns(loads, args.seconds, args.rounds)
+            if clients.first_error:
+                print(f"bench: server: first client error: {clients.first_error}", file=sys.stderr)
+            mean_batch = server.mean_batch()
+        finally:
+            for load in loads.values():
+                load.finish()
+            clients.join(10.0)
+    in_process = Result(rates["in-process"])
+    _report("in-process", f"batch {args.batch}, compiled model call", in_process)
+    result = Result(rates["server"], errors=clients.errors(), mean_batch=mean_batch)
+    setup = f"{workers} workers x {threads} threads, max batch {args.batch}"
+    _report("server", f"HTTP /predict, {args.clients} clients, {setup}", result)
+    return in_process, result
+
+
+def _take_turns(loads: dict[str, _Load], seconds: float, rounds: int) -> dict[str, float]:
+    """Run each load alone for seconds/rounds, round after round; images/s of each."""
+    from tqdm import tqdm
+
+    images = dict.fromkeys(loads, 0)
+    elapsed = dict.fromkeys(loads, 0.0)
+    window = seconds / rounds
+    total = round(seconds * len(loads))
+    with tqdm(total=total, desc="bench", unit="s", file=sys.stderr, leave=False) as bar:
+        for round_index in range(rounds):
+            for name, load in loads.items():
+                load.go.set()
+                time.sleep(RAMP_S)
+                start_count, start = load.done(), time.perf_counter()
+                while (now := time.perf_counter()) - start < window:
+                    time.sleep(min(0.5, window - (now - start)))
+                    rate = (load.done() - start_count) / (time.perf_counter() - start)
+                    bar.set_description_str(f"{name} {round_index + 1}/{rounds}")
+                    bar.set_postfix_str(f"{rate:.0f} img/s")
+                    bar.n = min(total, round(sum(elapsed.values()) + time.perf_counter() - start))
+                    bar.refresh()
+                images[name] += load.done() - start_count
+                elapsed[name] += time.perf_counter() - start
+                if len(loads) > 1:
+                    load.pause()
+    return {name: images[name] / elapsed[name] for name in loads}
+
+
+def _report(name: str, how: str, result: Result) -> None:
+    extra = f", mean batch {result.mean_batch:.1f}" if result.mean_batch else ""
+    errors = f", {result.errors} errors" if result.errors else ""
+    print(f"{name}: {result.images_per_s:.1f} img/s ({how}{extra}{errors})", flush=True)
+
+
+def _untrained_model(tmp: Path) -> str:
+    from appliance.model import create_untrained
+
+    path = tmp / "model" / "resnet50-untrained"
+    print("bench: no --model given, creating an untrained ResNet50 ...", file=sys.stderr)
+    create_untrained(path)
+    return str(path)
+
+
+# --- loads: things that make images/s, switched on and off ------------------------------------
+
+
+class _Load:
+    """Worker threads that count finished images while ``go`` is set, until ``stop``."""
+
+    def __init__(self, count: int) -> None:
+        self.go = threading.Event()
+        self.stop = threading.Event()
+        self._done = [0] * count
+        self._busy = [False] * count
+        self._threads = [
+            threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(count)
+        ]
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def done(self) -> int:
+        return sum(self._done)
+
+    def run_for(self, seconds: float) -> None:
+        self.go.set()
+        time.sleep(seconds)
+        self.pause()
+
+    def pause(self, timeout: float = 30.0) -> None:
+        """Switch off and wait for the work in flight to finish."""
+        self.go.clear()
+        deadline = time.monotonic() + timeout
+        while any(self._busy) and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def join(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+    def finish(self) -> None:
+        """Stop for good (``go`` is set too, to wake paused threads)."""
+        self.stop.set()
+        self.go.set()
+
+    def _run(self, index: int) -> None:
+        while True:
+            # Paused threads block here without polling: 256 pollers would slow what is measured.
+            self.go.wait()
+            if self.stop.is_set():
+                break
+            self._busy[index] = True
+            try:
+                self._done[index] += self.step(index)
+            finally:
+                self._busy[index] = False
+        self.close(index)
+
+    def step(self, index: int) -> int:
+        """Do one unit of work; return the images it finished."""
+        raise NotImplementedError
+
+    def close(self, index: int) -> None:
+        """Release what thread ``index`` holds."""
+
+
+class _InProcess(_Load):
+    """The server's compiled model call, at batch B, in this process."""
+
+    def __init__(self, model_path: str, batch: int) -> None:
+        from appliance import model as model_module
+        from appliance.server.app import compiled_call
+
+        super().__init__(1)
+        loaded = model_module.load(model_path)
+        self.call = compiled_call(loaded)  # the very function the server's batcher calls
+        size = loaded.input_size
+        self.batch = np.random.default_rng(0).integers(0, 256, (batch, size, size, 3), np.uint8)
+        self.call(self.batch)  # trace outside the measurement
+
+    def step(self, index: int) -> int:
+        self.call(self.batch)
+        return len(self.batch)
+
+
+class _Clients(_Load):
+    """C threads, each one persistent connection sending one single-image request after another."""
+
+    def __init__(self, port: int, bodies: list[bytes], count: int) -> None:
+        super().__init__(count)
+        self.port = port
+        self.bodies = bodies
+        self.first_error: str | None = None
+        self._errors = [0] * count
+        self._sent = [0] * count
+        self._conns: list[http.client.HTTPConnection | None] = [None] * count
+
+    def errors(self) -> int:
+        return sum(self._errors)
+
+    def step(self, index: int) -> int:
+        conn = self._conns[index]
+        if conn is None:
+            conn = self._conns[index] = http.client.HTTPConnection(
+                "127.0.0.1", self.port, timeout=120
+            )
+        body = self.bodies[(index + self._sent[index]) % len(self.bodies)]
+        self._sent[index] += 1
+        try:
+            conn.request("POST", "/predict", body, {"Content-Type": "application/json"})
+            response = conn.getresponse()
+            response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            self._conns[index] = None
+            if not self.stop.is_set():  # the server going away at the end is no error
+                self._error(index, f"{type(exc).__name__}: {exc}")
+            return 0
+        if response.status != 200:
+            self._error(index, f"HTTP {response.status}")
+            return 0
+        return 1
+
+    def close(self, index: int) -> None:
+        conn = self._conns[index]
+        if conn is not None:
+            conn.close()
+
+    def _error(self, index: int, reason: str) -> None:
+        self._errors[index] += 1
+        if self.first_error is None:
+            self.first_error = reason
+
+
+# --- the server under test --------------------------------------------------------------------
+
+
+def _request_bodies(model_path: str, count: int = 32) -> list[bytes]:
+    """Pre-encoded /predict bodies (PNG at the model's input size), so clients only send."""
+    from PIL import Image
+
+    from appliance.model import read_metadata
+
+    size = read_metadata(model_path).input_size
+    rng = np.random.default_rng(1)
+    bodies = []
+    for _ in range(count):
+        buffer = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), np.uint8)).save(buffer, "PNG")
+        image = base64.b64encode(buffer.getvalue()).decode("ascii")
+        bodies.append(json.dumps({"image": image}).encode())
+    return bodies
+
+
+class _Server(ServerProcess):
+    """Gunicorn as ``appliance serve`` runs it, on a free loopback port, for one phase."""
+
+    def __init__(
+        self,
+        name: str,
+        model_path: str,
+        args: argparse.Namespace,
+        tmp: Path,
+        threads: int,
+        workers: int,
+    ) -> None:
+        self.name, self.args = name, args
+        env = {
+            "SERVER_THREADS": str(threads),
+            "MAX_BATCH_SIZE": str(args.batch),
+            "MAX_BATCH_WAIT_MS": str(args.max_batch_wait_ms),
+            "INFERENCE_MODE": "naive" if name == "naive" else "batched",
+            "PROMETHEUS_MULTIPROC_DIR": str(tmp / f"prometheus-{name}"),
+            "LOG_LEVEL": "warning",
+        }
+        super().__init__(model_path, tmp / f"{name}.log", workers=workers, env=env)
+
+    def __enter__(self) -> _Server:
+        print(f"bench: starting Gunicorn ({self.name}) ...", file=sys.stderr, flush=True)
+        self.start(timeout=self.args.startup_timeout)
+        return self
+
+    def mean_batch(self) -> float | None:
+        total = self.metric("appliance_model_batch_size_sum")
+        count = self.metric("appliance_model_batch_size_count")
+        return total / count if total is not None and count else None
+
+    def measure(self, bodies: list[bytes]) -> Result:
+        """Phase 3: the clients alone against this server."""
+        clients = _Clients(self.port, bodies, self.args.clients)
+        clients.start()
+        try:
+            # No pause after the warm-up: a naive server's queue would take long to drain.
+            clients.go.set()
+            time.sleep(self.args.warmup)
+            rate = _take_turns({self.name: clients}, self.args.seconds, 1)[self.name]
+        finally:
+            clients.finish()
+        if clients.first_error:
+            print(f"bench: {self.name}: first client error: {clients.first_error}", file=sys.stderr)
+        return Result(rate, errors=clients.errors(), mean_batch=self.mean_batch())
