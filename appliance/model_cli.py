@@ -1,4 +1,4 @@
-"""`appliance model`: make or inspect a model artifact (``X.keras`` + ``X.json``)."""
+"""`appliance model`: make, inspect or fetch a model artifact (``X.keras`` + ``X.json``)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from dataclasses import asdict
 
 from appliance import model
 
+DEFAULT_OUT = "build/model/resnet50.keras"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -18,6 +20,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     create.add_argument("--stem", choices=model.STEMS, default="stock")
     info = sub.add_parser("info", help="load an artifact, check it, print its metadata")
     info.add_argument("path")
+    fetch = sub.add_parser(
+        "fetch",
+        help="fetch X.keras and X.json from a URL or path, checking the .keras file's sha256",
+        description="Fetch X.keras and X.json (http, https, file URL or a path) into --out. "
+        "The .keras file must have the given sha256 and the model must load and match its "
+        "metadata; otherwise nothing is kept.",
+    )
+    fetch.add_argument("source", metavar="URL_OR_PATH", help="where X.keras is (X.json beside it)")
+    fetch.add_argument("--sha256", required=True, help="sha256 of the .keras file (64 hex digits)")
+    fetch.add_argument("--out", default=DEFAULT_OUT, help="where to put it (default %(default)s)")
+    fetch.add_argument("--timeout", type=float, default=60.0, help="seconds per network read")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -25,10 +38,13 @@ def run(args: argparse.Namespace) -> int:
         if args.action == "init":
             metadata = model.create_untrained(args.path, args.input_size, args.stem)
             print(f"saved {model.artifact_paths(args.path)[0]} ({metadata.model_id})")
+        elif args.action == "fetch":
+            metadata = model.fetch(args.source, args.sha256, args.out, timeout=args.timeout)
+            print(f"fetched {model.artifact_paths(args.out)[0]} ({metadata.model_id})")
         else:
             loaded = model.load(args.path)
             print(json.dumps({"model_id": loaded.model_id, **asdict(loaded.metadata)}, indent=2))
-    except model.ModelMetadataError as exc:
+    except (model.ModelMetadataError, model.ModelFetchError) as exc:
         print(f"appliance model: {exc}", file=sys.stderr)
         return 2
     return 0

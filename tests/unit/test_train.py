@@ -1,0 +1,248 @@
+"""`appliance train`: one shared input path, reproducible batches, a real interruption and resume.
+
+The training run is a real ResNet50 (stock stem, 32x32) on 16 CIFAR-10 images, 3 epochs of 2
+steps: started as a process, killed with SIGKILL once its first checkpoint exists, then resumed by
+the same command in-process. Every check on the trained artifact shares that one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from appliance import datasets, model, train
+from appliance.evaluate import MAX_PIXELS, decode_samples
+from appliance.imaging import image_to_input
+
+PER_CLASS = {"train": 2, "test": 1}
+ARGS = ["--stem", "stock", "--limit", "16", "--batch-size", "8", "--epochs", "3"]
+# No warmup (the test has 6 steps in all) and a rate that lowers this loss within them; 0.05
+# overshoots at batch 8 (the default 0.1 is meant per 128 images).
+ARGS += ["--lr", "0.01", "--warmup-epochs", "0", "--seed", "0"]
+
+
+@pytest.fixture(scope="module")
+def data(shared_archive, tmp_path_factory) -> Path:
+    """A few CIFAR-10 JPEGs per class and split, in the archive's own layout."""
+    root = tmp_path_factory.mktemp("cifar")
+    taken: dict[tuple[str, str], int] = {}
+    with tarfile.open(shared_archive) as tar:
+        for member in tar:
+            parts = member.name.split("/")
+            if not member.isfile() or len(parts) != 3 or parts[0] not in PER_CLASS:
+                continue
+            key = (parts[0], parts[1])
+            if taken.get(key, 0) < PER_CLASS[parts[0]]:
+                taken[key] = taken.get(key, 0) + 1
+                dest = root / member.name
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.write_bytes(tar.extractfile(member).read())  # type: ignore[union-attr]
+    return root
+
+
+def recipe(data: Path) -> train.Recipe:
+    parser = argparse.ArgumentParser()
+    train.add_arguments(parser)
+    args = parser.parse_args(["--data", str(data), *ARGS])
+    return train.recipe_from_args(args, train.data_sha256(str(data)))
+
+
+def run_train(*argv: str) -> int:
+    parser = argparse.ArgumentParser()
+    train.add_arguments(parser)
+    return train.run(parser.parse_args(list(argv)))
+
+
+# --- the input path and the batches (no model) ----------------------------------------------------
+
+
+def test_training_and_serving_give_the_model_the_same_input(data):
+    from appliance.server.app import ServerSettings, _to_input
+
+    everything = dataclasses.replace(recipe(data), limit=None)
+    train_split, _, _ = train.load_training_data(str(data), everything)
+    samples = datasets.load(str(data), "train")
+    settings = ServerSettings()
+    for sample in samples:
+        served = _to_input(sample.image, "image", settings, 32)
+        assert served.dtype == np.uint8 and served.shape == (32, 32, 3)
+        # The training set holds exactly that array (decoded once, by the same function).
+        assert any(np.array_equal(served, image) for image in train_split.images)
+        np.testing.assert_array_equal(decode_samples([sample], 32)[0], served)
+
+
+def crops_and_flips(image: np.ndarray, pad: int) -> list[np.ndarray]:
+    size = image.shape[0]
+    padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)))
+    offsets = range(2 * pad + 1)
+    crops = [padded[y : y + size, x : x + size] for y in offsets for x in offsets]
+    return crops + [c[:, ::-1] for c in crops]
+
+
+def test_augmentation_is_a_seeded_crop_and_flip():
+    images = np.random.default_rng(0).integers(1, 256, (16, 32, 32, 3), dtype=np.uint8)
+    seed = np.array([0, 5], dtype=np.int64)
+    out = np.asarray(train.augment_batch(images, seed, pad=4))
+    assert out.shape == images.shape and out.dtype == np.uint8
+    for original, augmented in zip(images, out, strict=True):
+        assert any(np.array_equal(augmented, c) for c in crops_and_flips(original, 4))
+    assert np.array_equal(out, np.asarray(train.augment_batch(images, seed, pad=4)))
+    other = np.asarray(train.augment_batch(images, np.array([0, 6]), pad=4))
+    assert not np.array_equal(out, other)
+    assert not np.array_equal(out, images)
+
+
+def test_a_resumed_run_sees_the_same_batches():
+    split = train.Split(np.arange(40, dtype=np.uint8).reshape(40, 1, 1, 1), np.arange(40) % 10)
+    r = train.Recipe(
+        stem="stock", input_size=1, epochs=3, batch_size=8, peak_lr=0.1, warmup_epochs=0,
+        momentum=0.9, weight_decay=0, label_smoothing=0, seed=3, limit=None, val_split=0,
+        data_sha256="",
+    )  # fmt: skip
+    whole = list(train.epoch_batches(split, r, steps=5, start_epoch=0))
+    resumed = list(train.epoch_batches(split, r, steps=5, start_epoch=1))
+    assert len(whole) == 15 and len(resumed) == 10
+    for a, b in zip(whole[5:], resumed, strict=True):
+        assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    # Each epoch is a permutation of the whole set, and the epochs differ.
+    epochs = [np.sort(np.concatenate([b[1] for b in whole[i : i + 5]])) for i in (0, 5, 10)]
+    assert all(np.array_equal(e, np.sort(split.labels)) for e in epochs)
+    assert not np.array_equal(whole[0][0], whole[5][0])
+
+
+def test_data_sha256_is_documented_manifest(data, tmp_path):
+    lines = []
+    for path in sorted(p.relative_to(data).as_posix() for p in data.rglob("*") if p.is_file()):
+        digest = hashlib.sha256((data / path).read_bytes()).hexdigest()
+        lines.append(f"{digest}  {path}\n")
+    expected = hashlib.sha256("".join(lines).encode()).hexdigest()
+    assert train.data_sha256(str(data)) == expected
+    archive = tmp_path / "a.tar.gz"
+    archive.write_bytes(b"not really")
+    assert train.data_sha256(str(archive)) == hashlib.sha256(b"not really").hexdigest()
+
+
+# --- one real run: interrupted, resumed, exported -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(data, tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("model") / "resnet50.keras"
+    argv = ["--data", str(data), "--out", str(out), *ARGS]
+    state_file = train.checkpoint_dir(out) / train.STATE_FILE
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    log_path = out.with_name("first-run.log")
+    with log_path.open("w") as log_file:
+        first = subprocess.Popen(
+            [sys.executable, "-m", "appliance", "train", *argv],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        deadline = time.monotonic() + 600
+        try:
+            while train.read_state(state_file.parent) is None or (
+                train.read_state(state_file.parent)["epoch"] < 1
+            ):
+                assert first.poll() is None, log_path.read_text()
+                assert time.monotonic() < deadline, "no checkpoint within 10 minutes"
+                time.sleep(0.1)
+        finally:
+            first.send_signal(signal.SIGKILL)  # a crash: no chance to clean up
+            first.wait()
+    killed_at = train.read_state(state_file.parent)["epoch"]
+
+    records: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("appliance.train")
+    logger.addHandler(handler)
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        rc = run_train(*argv)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    return {"out": out, "argv": argv, "killed_at": killed_at, "rc": rc, "log": records}
+
+
+def test_resume_continues_from_the_checkpointed_epoch(trained):
+    assert trained["rc"] == 0
+    assert 1 <= trained["killed_at"] < 3
+    assert f"resuming from {train.checkpoint_dir(trained['out'])} after epoch " in "\n".join(
+        trained["log"]
+    )
+    assert any(f"after epoch {trained['killed_at']}/3" in line for line in trained["log"])
+    # Only the epochs after the checkpoint ran again; the first run's are kept in the history.
+    epochs_run = [line.split()[1] for line in trained["log"] if line.startswith("epoch ")]
+    assert epochs_run == [f"{e}/3" for e in range(trained["killed_at"] + 1, 4)]
+    state = train.read_state(train.checkpoint_dir(trained["out"]))
+    assert [h["epoch"] for h in state["history"]] == [1, 2, 3]
+    assert state["finished"] is True
+    assert sorted(p.name for p in train.checkpoint_dir(trained["out"]).glob("*.keras")) == [
+        "epoch-0003.keras"
+    ]
+
+
+def test_training_lowers_the_loss(trained, data):
+    import keras
+
+    samples = datasets.load(str(data), "train")
+    train_split, _, _ = train.load_training_data(str(data), recipe(data))
+    labels = np.eye(10)[train_split.labels]
+    loss = keras.losses.CategoricalCrossentropy()
+    initial = model.build(32, stem="stock", seed=0)  # the run's starting weights (same seed)
+    trained_model = model.load(trained["out"]).model
+    # training=True: BatchNorm uses the batch's statistics, as in the training steps themselves.
+    before = float(loss(labels, initial(train_split.images, training=True)))
+    after = float(loss(labels, trained_model(train_split.images, training=True)))
+    assert len(samples) == 20 and len(train_split.labels) == 16
+    assert after < before - 0.1, (before, after)
+
+
+def test_the_artifact_records_its_training(trained, data):
+    loaded = model.load(trained["out"])
+    meta = loaded.metadata
+    assert meta.class_names == list(model.CIFAR10_CLASSES)
+    assert (meta.input_size, meta.stem) == (32, "stock")
+    assert meta.training_data_sha256 == train.data_sha256(str(data))
+    assert meta.test_accuracy is not None and 0.0 <= meta.test_accuracy <= 1.0
+    assert meta.extra["epochs"] == 3 and meta.extra["test_images"] == 10
+    assert meta.extra["training_data_sha256_method"] == train.DATA_SHA256_METHOD
+    assert meta.extra["precision"] == "float32"
+    assert [h["epoch"] for h in meta.extra["history"]] == [1, 2, 3]
+    assert meta.extra["training_seconds"] > 0
+    # No optimizer state in what is served: the same image through the server's decoder works.
+    image = next(iter(sorted((data / "test").rglob("*.jpg")))).read_bytes()
+    probs = loaded.predict(image_to_input(image, 32, MAX_PIXELS)[None])
+    assert probs.shape == (1, 10) and abs(float(probs.sum()) - 1.0) < 1e-4
+
+
+def test_rerun_of_a_finished_run_does_nothing(trained, caplog):
+    caplog.set_level(logging.INFO, logger="appliance.train")
+    before = trained["out"].read_bytes()
+    started = time.monotonic()
+    assert run_train(*trained["argv"]) == 0
+    assert "is already trained (3 epochs)" in caplog.text
+    assert time.monotonic() - started < 30
+    assert trained["out"].read_bytes() == before
+
+
+def test_other_settings_do_not_resume_a_checkpoint(trained, capsys):
+    argv = [*trained["argv"], "--epochs", "5"]
+    assert run_train(*argv) == 2
+    err = capsys.readouterr().err
+    assert "other settings (epochs differ)" in err and "--fresh" in err
