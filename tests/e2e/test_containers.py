@@ -1,0 +1,145 @@
+"""End to end, as containers: the images `make containers` built, as the pipeline on one host.
+
+500 images go through the containerised pipeline (cameras -> Kafka -> both consumers -> MongoDB,
+labelled through the ml-server container); both consumers' containers are killed (`docker kill`)
+mid-run and started again; every image must still be stored and labelled exactly once, with no
+dead letters and no consumer lag left.
+
+Needs a Docker engine (skipped, saying so, when none answers) and the images (`make
+e2e-containers` builds them, then runs this). Environment: APPLIANCE_E2E_TAG (image tag, default
+this version), APPLIANCE_E2E_PROJECT (default appliance-e2e), APPLIANCE_E2E_KEEP=1 leaves the
+stack running afterwards for a look (`appliance stack status --project appliance-e2e`).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from appliance import __version__
+from appliance import stack as st
+
+ROOT = Path(__file__).resolve().parents[2]
+COUNT = 500
+DEVICES = 4
+# 4 cameras x 5 images/s: about 25 s of sending, so the consumers die while images still arrive.
+RATE = 5.0
+# Kill the consumers once this many images are stored (well before all of them are sent).
+KILL_AFTER_STORED = 60
+DOWN_S = 5.0
+UP_TIMEOUT_S = 420.0
+DONE_TIMEOUT_S = 300.0
+
+
+def say(message: str) -> None:
+    print(f"[e2e {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[st.Stack]:
+    env_file = tmp_path_factory.mktemp("stack") / "appliance.env"
+    # One server worker: half the model loading on a small CI machine; batching is unchanged.
+    settings = {**st.LOCAL_PEERS, "SERVER_WORKERS": "1"}
+    st.write_env(ROOT / "images" / "appliance.env.example", env_file, settings)
+    stack = st.Stack(
+        project=os.environ.get("APPLIANCE_E2E_PROJECT", "appliance-e2e"),
+        tag=os.environ.get("APPLIANCE_E2E_TAG", __version__),
+        env_file=env_file,
+    )
+    problem = st.engine_problem(stack)
+    if problem is not None:
+        pytest.skip(
+            f"no Docker engine answers ({problem}); start one with images/docker-engine.sh "
+            "(`make e2e-containers` does it, and builds the images)"
+        )
+    missing = st.missing_images(stack)
+    if missing:
+        pytest.fail(f"images missing: {', '.join(missing)}; build them with `make containers`")
+    st.down(stack)  # whatever an earlier, interrupted run left
+    began = time.monotonic()
+    try:
+        st.up(stack, producer=False, timeout_s=UP_TIMEOUT_S)
+        say(f"stack healthy in {time.monotonic() - began:.0f}s")
+        yield stack
+    finally:
+        if os.environ.get("APPLIANCE_E2E_KEEP") == "1":
+            say(f"left running: appliance stack status --project {stack.project}")
+        else:
+            st.down(stack)
+
+
+def wait_for(
+    stack: st.Stack, done: Callable[[st.Counts], bool], timeout_s: float, what: str
+) -> st.Counts:
+    deadline = time.monotonic() + timeout_s
+    last = st.Counts()
+    next_report = 0.0
+    while time.monotonic() < deadline:
+        last = st.counts(stack)
+        if done(last):
+            return last
+        if time.monotonic() >= next_report:
+            say(f"waiting for {what}: {'; '.join(last.lines())}")
+            next_report = time.monotonic() + 15
+        time.sleep(2)
+    containers = "\n".join(s.line() for s in st.statuses(stack))
+    pytest.fail(f"{what}: not after {timeout_s:.0f}s; {last}\n{containers}")
+
+
+def docker(stack: st.Stack, *args: str) -> str:
+    return st.docker(stack, *args).stdout.strip()
+
+
+def test_pipeline_survives_killed_consumers(stack: st.Stack, shared_archive: Path) -> None:
+    began = time.monotonic()
+    st.start_producer(
+        stack, sys.stderr, source=str(shared_archive), count=COUNT, rate=RATE, devices=DEVICES
+    )
+
+    at_kill = wait_for(
+        stack, lambda c: c.stored >= KILL_AFTER_STORED, 240, f"{KILL_AFTER_STORED} images stored"
+    )
+    consumers = [stack.container(role) for role in st.CONSUMERS]
+    docker(stack, "kill", *consumers)
+    say(f"killed {', '.join(consumers)} at: {'; '.join(at_kill.lines())}")
+    assert at_kill.labelled < COUNT, "the kill came after the run: slow the cameras down"
+    for role in st.CONSUMERS:
+        assert not st.inspect_container(stack, role).running
+    time.sleep(DOWN_S)
+    docker(stack, "start", *consumers)
+    say("consumers started again")
+
+    final = wait_for(
+        stack,
+        lambda c: c.labelled >= COUNT and c.stored >= COUNT and not any(c.lag.values()),
+        DONE_TIMEOUT_S,
+        f"all {COUNT} images stored and labelled, no lag",
+    )
+    say(f"done in {time.monotonic() - began:.0f}s: {'; '.join(final.lines())}")
+
+    # Exactly once where it counts: one record per image sent, one document per image.
+    assert final.errors == []
+    assert final.images == COUNT, "the images topic holds duplicates (or lost some)"
+    assert final.stored == COUNT, "documents for images never sent, or some missing"
+    assert final.labelled == COUNT
+    assert final.dead_lettered == 0
+    assert final.predictions >= COUNT  # redelivery after the kill may publish some twice
+
+    producer = st.inspect_container(stack, st.PRODUCER.role)
+    assert (producer.state, producer.exit_code) == ("exited", 0), producer
+    logs = subprocess.run(
+        [stack.docker, "logs", stack.container(st.PRODUCER.role)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert f"sent {COUNT}, acknowledged {COUNT}, failed 0" in logs.stdout + logs.stderr
+
+    # Every service container healthy again, the restarted consumers included.
+    st.wait_healthy(stack, [service.role for service in st.SERVICES], 120, sys.stderr)

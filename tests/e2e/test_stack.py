@@ -1,0 +1,104 @@
+"""`appliance stack` without Docker: the env file, the `docker run` arguments, the cameras' source.
+
+These need no engine; the containerised run itself is test_containers.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from appliance import stack as st
+from appliance.config import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "images" / "appliance.env.example"
+
+
+def test_env_file_is_read_as_docker_reads_it() -> None:
+    text = "# comment\n\nA=1\nB=two words = fine\nC=\n  D=x\nFROM_HOST\nMISSING\n"
+    values = st.parse_env_file(text, {"FROM_HOST": "here"})
+    assert values == {"A": "1", "B": "two words = fine", "C": "", "D": "x", "FROM_HOST": "here"}
+
+
+def test_env_file_rejects_a_line_that_is_no_setting() -> None:
+    with pytest.raises(ConfigError, match="line 2"):
+        st.parse_env_file("A=1\nnot a setting\n", {})
+
+
+def test_example_renders_with_the_local_peers(tmp_path: Path) -> None:
+    out = st.write_env(EXAMPLE, tmp_path / "appliance.env", st.LOCAL_PEERS)
+    values = st.parse_env_file(out.read_text(), {})
+    for name, value in st.LOCAL_PEERS.items():
+        assert values[name] == value
+    # Everything else in the example survives, comments included.
+    assert values["TOPIC_DLQ"] == "images.dlq"
+    assert out.read_text().startswith("# /etc/appliance/appliance.env")
+
+
+def test_render_adds_settings_the_template_lacks() -> None:
+    text = st.render_env("A=1\n# B=2\n", {"A": "9", "B": "3"})
+    assert st.parse_env_file(text, {}) == {"A": "9", "B": "3"}
+
+
+def test_a_missing_peer_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "appliance.env"
+    path.write_text("KAFKA_BOOTSTRAP_SERVERS=kafka:9092\nMONGODB_URI=mongodb://m:27017\n")
+    with pytest.raises(ConfigError, match="INFERENCE_URL is not set"):
+        st.load_env(path)
+
+
+def test_a_bad_number_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "appliance.env"
+    peers = "\n".join(f"{k}={v}" for k, v in st.LOCAL_PEERS.items())
+    path.write_text(peers + "\nDB_BATCH_SIZE=lots\n")
+    with pytest.raises(ConfigError, match="DB_BATCH_SIZE"):
+        st.load_env(path)
+
+
+def test_run_arguments_use_only_the_env_file_and_local_overrides() -> None:
+    stack = st.Stack(project="p", tag="1.2.3", env_file=Path("/x/appliance.env"))
+    consumer = next(s for s in st.SERVICES if s.role == "consume-db")
+    args = st.run_arguments(stack, consumer, {}, [])
+    assert args[:3] == ["run", "--detach", "--name"]
+    assert args[3] == "p-consume-db"
+    assert args[args.index("--env-file") + 1] == "/x/appliance.env"
+    assert args[args.index("--network-alias") + 1] == "consume-db"
+    assert args[args.index("--restart") + 1] == "unless-stopped"
+    assert "--env" not in args
+    assert args[-3:] == ["appliance/consumers:1.2.3", "appliance", "consume-db"]
+
+
+def test_services_keep_their_data_in_named_volumes() -> None:
+    stack = st.Stack(project="p")
+    kafka = next(s for s in st.SERVICES if s.role == "kafka")
+    args = st.run_arguments(stack, kafka, {}, [])
+    assert "p-kafka-data:/var/lib/kafka" in args
+
+
+def test_a_local_source_is_mounted_read_only(tmp_path: Path) -> None:
+    archive = tmp_path / "images.tar.gz"
+    archive.write_bytes(b"")
+    env, mounts = st.producer_options(str(archive), count=5, rate=2.5, devices=2)
+    assert env == {
+        "PRODUCER_SOURCE": "/data/images.tar.gz",
+        "PRODUCER_COUNT": "5",
+        "PRODUCER_RATE": "2.5",
+        "PRODUCER_DEVICES": "2",
+    }
+    assert mounts == [f"{archive.resolve()}:/data/images.tar.gz:ro"]
+
+
+def test_cifar10_is_passed_through() -> None:
+    env, mounts = st.producer_options("cifar10")
+    assert env == {"PRODUCER_SOURCE": "cifar10"} and mounts == []
+
+
+def test_counts_read_as_lines() -> None:
+    counts = st.Counts(images=5, stored=5, labelled=4, lag={"g": 1}, errors=["boom"])
+    assert counts.lines() == [
+        "images: 5 in Kafka, 5 stored, 4 labelled, 0 dead-lettered (0 prediction records)",
+        "consumer lag: g 1",
+        "  (boom)",
+    ]
