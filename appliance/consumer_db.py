@@ -122,7 +122,6 @@ def consume(settings: Settings, stopper: kafkaio.Stopper, idle_exit: float | Non
     )
     producer = kafkaio.make_producer(settings)
     total = Stats()
-    last_record = time.monotonic()
     log.info(
         "consuming %s and %s into %s.%s",
         settings.topic_images,
@@ -131,14 +130,7 @@ def consume(settings: Settings, stopper: kafkaio.Stopper, idle_exit: float | Non
         settings.mongodb_collection,
     )
     try:
-        while not stopper.stopped:
-            polled = consumer.poll(timeout_ms=1000, max_records=settings.db_batch_size)
-            records = [r for batch in polled.values() for r in batch]
-            if not records:
-                if idle_exit is not None and time.monotonic() - last_record > idle_exit:
-                    break
-                continue
-            last_record = time.monotonic()
+        for records in kafkaio.batches(consumer, settings.db_batch_size, stopper, idle_exit):
             updates, bad, stats = updates_for(records, settings, time.time())
             done = kafkaio.retry_paused(
                 consumer,
@@ -174,13 +166,7 @@ def consume(settings: Settings, stopper: kafkaio.Stopper, idle_exit: float | Non
     return total
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--exit-when-idle",
-        type=float,
-        metavar="SECONDS",
-        help="stop after this long with no messages (default: run forever)",
-    )
+add_arguments = kafkaio.add_consumer_arguments
 
 
 def run(args: argparse.Namespace) -> int:

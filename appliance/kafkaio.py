@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
@@ -125,6 +126,30 @@ def commit(consumer: KafkaConsumer, records: list[ConsumerRecord]) -> bool:
         # idempotent, so redelivery is harmless.
         log.warning("commit failed after a rebalance, records will be redelivered: %s", exc)
         return False
+
+
+def batches(
+    consumer: KafkaConsumer, max_records: int, stopper: Stopper, idle_exit: float | None = None
+) -> Iterator[list[ConsumerRecord]]:
+    """Polled records, a batch at a time, until stopped (or idle for ``idle_exit`` seconds)."""
+    last_record = time.monotonic()
+    while not stopper.stopped:
+        polled = consumer.poll(timeout_ms=1000, max_records=max_records)
+        records = [r for batch in polled.values() for r in batch]
+        if records:
+            last_record = time.monotonic()
+            yield records
+        elif idle_exit is not None and time.monotonic() - last_record > idle_exit:
+            return
+
+
+def add_consumer_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--exit-when-idle",
+        type=float,
+        metavar="SECONDS",
+        help="stop after this long with no messages (default: run forever)",
+    )
 
 
 class Stopper:
