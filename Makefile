@@ -17,7 +17,7 @@ venv: $(BIN)/.installed ## Create .venv with the pinned packages.
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[server,dev]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[server,dev,cloud]'
 	touch $@
 
 run: venv ## Run the whole pipeline locally (services, server, consumers, cameras) and print the counts.

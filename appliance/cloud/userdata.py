@@ -1,0 +1,133 @@
+"""appliance userdata ROLE --kafka IP --mongodb IP --ml-server IP: an image's cloud-init user-data.
+
+The #cloud-config writes /etc/appliance/appliance.env (mode 0600, root) with the peers' addresses;
+the baked units start their containers once it exists (see DESIGN.md, boot contract).
+
+    appliance userdata kafka --kafka 10.0.0.12 --mongodb 10.0.0.10 --ml-server 10.0.0.11 >kafka.yaml
+    openstack server create --image appliance-kafka-0.1.0-abc1234 --user-data kafka.yaml ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+
+from appliance import __version__
+from appliance.cloud.topology import ENV_FILE, ROLES, check_address, environment
+from appliance.config import ConfigError
+
+_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Values that must never end up in a world-readable file or in a log line.
+SECRET_KEYS = ("MONGODB_URI", "MONGO_INITDB_ROOT_PASSWORD")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("role", choices=list(ROLES), help="the image the user-data is for")
+    parser.add_argument("--kafka", metavar="IP", help="the kafka VM's address")
+    parser.add_argument("--mongodb", metavar="IP", help="the mongodb VM's address")
+    parser.add_argument("--ml-server", metavar="IP", help="the ml-server VM's address")
+    parser.add_argument("--mongodb-user", help="MongoDB root user (with --mongodb-password)")
+    parser.add_argument(
+        "--mongodb-password",
+        help="MongoDB root password (default: $APPLIANCE_MONGODB_PASSWORD)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="another setting for the env file, e.g. DEVICE_ID=lobby (repeatable)",
+    )
+    parser.add_argument("--hostname", help="the VM's host name (default: appliance-ROLE)")
+    parser.add_argument("--output", "-o", help="write here instead of standard output")
+
+
+def parse_settings(items: list[str]) -> dict[str, str]:
+    settings: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not _KEY.match(key):
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE with KEY like DEVICE_ID")
+        check_value(key, value)
+        settings[key] = value
+    return settings
+
+
+def check_value(key: str, value: str) -> None:
+    # Docker's --env-file takes each line literally: a newline would start another setting.
+    if "\n" in value or "\r" in value or "\0" in value:
+        raise ConfigError(f"{key}: the value must be one line")
+
+
+def env_file_text(role: str, env: dict[str, str]) -> str:
+    lines = [f"# {role} settings, rendered by `appliance userdata` (appliance {__version__})."]
+    for key, value in env.items():
+        check_value(key, value)
+        lines.append(f"{key}={value}")
+    return "\n".join(lines) + "\n"
+
+
+def render(
+    role: str,
+    peers: dict[str, str | None],
+    *,
+    mongodb_user: str | None = None,
+    mongodb_password: str | None = None,
+    settings: dict[str, str] | None = None,
+    hostname: str | None = None,
+) -> str:
+    """The #cloud-config text for ROLE's VM. ConfigError names a missing or bad peer."""
+    checked = {
+        name: check_address(f"--{name}", value) if value else None for name, value in peers.items()
+    }
+    env = environment(
+        role,
+        checked,
+        mongodb_user=mongodb_user,
+        mongodb_password=mongodb_password,
+        extra=settings,
+    )
+    content = env_file_text(role, env)
+    hostname = hostname or f"appliance-{role}"
+    if not re.match(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", hostname):
+        raise ConfigError(f"--hostname {hostname!r} is not a valid host name")
+    # Hand-written YAML (no PyYAML needed): strings are JSON-quoted, which YAML reads as is, and
+    # the file's content is a literal block.
+    out = [
+        "#cloud-config",
+        f"# appliance {role} image: user-data rendered by `appliance userdata` ({__version__}).",
+        f"hostname: {hostname}",
+        "write_files:",
+        f"  - path: {ENV_FILE}",
+        "    owner: root:root",
+        # Always 0600: it can hold a MongoDB password, and only root (the units) reads it.
+        "    permissions: '0600'",
+        "    content: |",
+        *(f"      {line}" for line in content.splitlines()),
+        f"final_message: {json.dumps(f'appliance {role}: cloud-init finished after $UPTIME s')}",
+    ]
+    return "\n".join(out) + "\n"
+
+
+def run(args: argparse.Namespace) -> int:
+    peers = {"kafka": args.kafka, "mongodb": args.mongodb, "ml-server": args.ml_server}
+    text = render(
+        args.role,
+        peers,
+        mongodb_user=args.mongodb_user,
+        mongodb_password=args.mongodb_password
+        or (os.environ.get("APPLIANCE_MONGODB_PASSWORD") if args.mongodb_user else None),
+        settings=parse_settings(args.settings),
+        hostname=args.hostname,
+    )
+    if args.output:
+        fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(text)
+    return 0

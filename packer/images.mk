@@ -1,0 +1,84 @@
+# VM images: Packer + Ansible bake the four appliance images; the role tests and lints.
+# Included by the Makefile. `make help` lists the targets with ##.
+
+.PHONY: packer-tools packer-init packer-validate images image-producer image-ml-server image-kafka \
+	image-mongodb base-vm lint-infra test-infra infra-venv container-tarballs
+
+PACKER_CACHE ?= $(HOME)/.cache/appliance/packer
+PACKER := $(PACKER_CACHE)/bin/packer
+# Plugins come from the cache (built by packer/tools/build-packer.sh), never from GitHub; no
+# checkpoint calls home. Ansible comes from the venv.
+PACKER_ENV := PACKER_PLUGIN_PATH=$(PACKER_CACHE)/plugins CHECKPOINT_DISABLE=1 \
+	PATH="$(CURDIR)/$(BIN):$$PATH"
+# local: the qemu source and the Debian 12 base from `make base-vm`; chameleon: OpenStack.
+CLOUD ?= local
+PACKER_SOURCE := $(if $(filter chameleon openstack,$(CLOUD)),openstack,qemu)
+APPLIANCE_VERSION ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+GIT_COMMIT ?= $(shell git rev-parse --short=7 HEAD 2>/dev/null || echo unknown)$(if \
+	$(shell git status --porcelain --untracked-files=no 2>/dev/null),-dirty)
+# tcg (software emulation) works everywhere, slowly; QEMU_ACCEL=kvm where KVM works (here /dev/kvm
+# exists but KVM fails).
+QEMU_ACCEL ?= tcg
+BUILD_KEY := build/packer/ssh/id_ed25519
+BASE_VM := build/base-vm/debian-12-base.qcow2
+IMAGE_NAMES := producer ml-server kafka mongodb
+PACKER_VARS = -var appliance_version=$(APPLIANCE_VERSION) -var git_commit=$(GIT_COMMIT) \
+	-var qemu_ssh_private_key_file=$(BUILD_KEY) -var qemu_ssh_public_key="$$(cat $(BUILD_KEY).pub)" \
+	-var qemu_base_image=$(BASE_VM) -var qemu_accelerator=$(QEMU_ACCEL) $(PACKER_EXTRA_VARS)
+
+infra-venv: $(BIN)/.infra-installed
+
+$(BIN)/.infra-installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[cloud,infra]'
+	touch $@
+
+packer-tools: $(PACKER) ## Build Packer 1.9.4 and its pinned plugins from the Go module proxy (cached).
+
+$(PACKER): packer/tools/build-packer.sh
+	nice -n 10 packer/tools/build-packer.sh
+
+# A throwaway key for the local build VM (its public half goes into the NoCloud seed; sysprep
+# removes it from the image).
+$(BUILD_KEY):
+	mkdir -p $(dir $@)
+	ssh-keygen -q -t ed25519 -N '' -C appliance-packer-build -f $@
+
+packer-init: $(PACKER)
+	$(PACKER_ENV) $(PACKER) init packer/
+
+packer-validate: packer-init infra-venv $(BUILD_KEY) ## packer fmt -check, and validate both sources.
+	$(PACKER_ENV) $(PACKER) fmt -check -diff packer/
+	$(PACKER_ENV) $(PACKER) validate -only='appliance.qemu.*' $(PACKER_VARS) packer/
+	# The openstack builder logs in while validating: a fake Keystone on loopback answers.
+	$(PACKER_ENV) $(BIN)/python -m tests.infra.fake_openstack exec -- \
+		$(PACKER) validate -only='appliance.openstack.*' $(PACKER_VARS) packer/
+
+base-vm: $(BASE_VM) ## Build the local Debian 12 cloud base qcow2 (debootstrap, no partitions tools needed).
+
+$(BASE_VM): packer/base-vm/build.sh
+	nice -n 10 packer/base-vm/build.sh $@
+
+# Container tarballs from `make save` (images/containers.mk), unless the bake pulls from a registry.
+container-tarballs:
+	@missing=; for i in $(IMAGE_NAMES); do [ -s build/containers/$$i.tar.gz ] || missing="$$missing $$i"; done; \
+	if [ -n "$$missing" ]; then echo "container tarballs missing:$$missing; running make save"; \
+		$(MAKE) save; fi
+
+IMAGE_PREREQS := packer-init infra-venv $(if $(filter qemu,$(PACKER_SOURCE)),$(BUILD_KEY) $(BASE_VM)) \
+	$(if $(filter registry,$(IMAGE_SOURCE)),,container-tarballs)
+
+images: $(IMAGE_PREREQS) ## Bake all four (CLOUD=chameleon: OpenStack; default: local qemu); image-NAME: one.
+	$(PACKER_ENV) $(PACKER) build -only='appliance.$(PACKER_SOURCE).*' $(PACKER_VARS) packer/
+
+# A static pattern rule: phony targets get no implicit-rule search.
+$(addprefix image-,$(IMAGE_NAMES)): image-%: $(IMAGE_PREREQS)
+	$(PACKER_ENV) $(PACKER) build -only='appliance.$(PACKER_SOURCE).$*' $(PACKER_VARS) packer/
+
+lint-infra: infra-venv $(PACKER) ## yamllint, ansible-lint (production profile), packer fmt -check.
+	$(BIN)/yamllint -s .
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/ansible-lint
+	$(PACKER_ENV) $(PACKER) fmt -check -diff packer/
+
+test-infra: ## Packer validate, lints, userdata/deploy tests, roles in systemd containers + testinfra.
+	tests/infra/run.sh
