@@ -2,7 +2,8 @@
 # Included by the Makefile. `make help` lists the targets with ##.
 
 .PHONY: packer-tools packer-init packer-validate images image-producer image-ml-server image-kafka \
-	image-mongodb base-vm lint-infra test-infra infra-venv container-tarballs
+	image-mongodb base-vm lint-infra test-infra infra-venv container-tarballs vm-check-producer \
+	vm-check-ml-server vm-check-kafka vm-check-mongodb
 
 PACKER_CACHE ?= $(HOME)/.cache/appliance/packer
 PACKER := $(PACKER_CACHE)/bin/packer
@@ -19,6 +20,9 @@ GIT_COMMIT ?= $(shell git rev-parse --short=7 HEAD 2>/dev/null || echo unknown)$
 # tcg (software emulation) works everywhere, slowly; QEMU_ACCEL=kvm where KVM works (here /dev/kvm
 # exists but KVM fails).
 QEMU_ACCEL ?= tcg
+# Bakes at once: local QEMU VMs one at a time (each already uses every core under tcg); OpenStack
+# builds all four in parallel (0: no limit).
+PACKER_PARALLEL ?= $(if $(filter qemu,$(PACKER_SOURCE)),1,0)
 BUILD_KEY := build/packer/ssh/id_ed25519
 BASE_VM := build/base-vm/debian-12-base.qcow2
 IMAGE_NAMES := producer ml-server kafka mongodb
@@ -49,7 +53,9 @@ packer-init: $(PACKER)
 
 packer-validate: packer-init infra-venv $(BUILD_KEY) ## packer fmt -check, and validate both sources.
 	$(PACKER_ENV) $(PACKER) fmt -check -diff packer/
-	$(PACKER_ENV) $(PACKER) validate -only='appliance.qemu.*' $(PACKER_VARS) packer/
+	# (an output folder that no bake has made: the qemu builder refuses an existing one)
+	$(PACKER_ENV) $(PACKER) validate -only='appliance.qemu.*' $(PACKER_VARS) \
+		-var output_dir=build/packer/validate-only packer/
 	# The openstack builder logs in while validating: a fake Keystone on loopback answers.
 	$(PACKER_ENV) $(BIN)/python -m tests.infra.fake_openstack exec -- \
 		$(PACKER) validate -only='appliance.openstack.*' $(PACKER_VARS) packer/
@@ -69,11 +75,16 @@ IMAGE_PREREQS := packer-init infra-venv $(if $(filter qemu,$(PACKER_SOURCE)),$(B
 	$(if $(filter registry,$(IMAGE_SOURCE)),,container-tarballs)
 
 images: $(IMAGE_PREREQS) ## Bake all four (CLOUD=chameleon: OpenStack; default: local qemu); image-NAME: one.
-	$(PACKER_ENV) $(PACKER) build -only='appliance.$(PACKER_SOURCE).*' $(PACKER_VARS) packer/
+	$(PACKER_ENV) $(PACKER) build -parallel-builds=$(PACKER_PARALLEL) -only='appliance.$(PACKER_SOURCE).*' \
+		$(PACKER_VARS) packer/
 
 # A static pattern rule: phony targets get no implicit-rule search.
 $(addprefix image-,$(IMAGE_NAMES)): image-%: $(IMAGE_PREREQS)
 	$(PACKER_ENV) $(PACKER) build -only='appliance.$(PACKER_SOURCE).$*' $(PACKER_VARS) packer/
+
+# Boot a local bake under QEMU with user-data naming its peers, then testinfra over SSH.
+$(addprefix vm-check-,$(IMAGE_NAMES)): vm-check-%: infra-venv
+	tests/infra/vm-check.sh $*
 
 lint-infra: infra-venv $(PACKER) ## yamllint, ansible-lint (production profile), packer fmt -check.
 	$(BIN)/yamllint -s .

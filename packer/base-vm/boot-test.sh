@@ -4,11 +4,12 @@
 # not changed (a throwaway overlay takes the writes).
 #
 #   packer/base-vm/boot-test.sh IMAGE.qcow2 [USER-DATA-EXTRA.yaml]
-#   BOOT_TEST_LOCAL_COMMAND='.venv/bin/pytest tests/infra/test_image.py --hosts "$BOOT_TEST_HOST"
-#     --ssh-identity-file "$BOOT_TEST_SSH_KEY" --sudo --image producer' \
+#   BOOT_TEST_LOCAL_COMMAND='.venv/bin/pytest tests/infra/test_image.py --hosts "$BOOT_TEST_HOST" \
+#     --ssh-config "$BOOT_TEST_SSH_CONFIG" --sudo --image producer' \
 #     packer/base-vm/boot-test.sh build/images/producer/appliance-producer-*.qcow2 producer.yaml
+# (tests/infra/vm-check.sh does this for a baked image.)
 #
-# ACCEL=kvm where KVM works; the default is tcg (software emulation: minutes).
+# ACCEL=kvm where KVM works; the default is tcg (software emulation: minutes). MEMORY in MiB.
 # SSH is forwarded to 127.0.0.1:$SSH_PORT (default 2222); the serial console goes to
 # build/base-vm/boot-test-console.log.
 set -euo pipefail
@@ -18,6 +19,7 @@ EXTRA=${2:-}
 ACCEL=${ACCEL:-tcg}
 SSH_PORT=${SSH_PORT:-2222}
 TIMEOUT=${BOOT_TIMEOUT:-1200}
+MEMORY=${MEMORY:-2048}
 LOG_DIR=build/base-vm
 mkdir -p "$LOG_DIR"
 work=$(mktemp -d)
@@ -44,7 +46,8 @@ xorriso -as mkisofs -quiet -o "$work/seed.iso" -V cidata -J -r "$work/seed"
 qemu-img create -q -f qcow2 -F qcow2 -b "$(realpath "$IMAGE")" "$work/disk.qcow2"
 
 start=$SECONDS
-qemu-system-x86_64 -accel "$ACCEL" -m 2048 -smp 2 -nographic -no-reboot \
+# -cpu max: the default qemu64 model lacks instructions (SSE4, AVX) the containers' numpy uses.
+qemu-system-x86_64 -accel "$ACCEL" -cpu max -m "$MEMORY" -smp 2 -nographic -no-reboot \
   -drive "file=$work/disk.qcow2,if=virtio" -drive "file=$work/seed.iso,media=cdrom" \
   -netdev "user,id=n0,hostfwd=tcp:127.0.0.1:$SSH_PORT-:22" -device virtio-net-pci,netdev=n0 \
   -serial "file:$LOG_DIR/boot-test-console.log" -monitor none -display none &
@@ -59,6 +62,16 @@ until ssh "${ssh_opts[@]}" debian@127.0.0.1 true 2>/dev/null; do
   sleep 5
 done
 echo "boot-test: SSH after $((SECONDS - start)) s ($ACCEL)"
+# The same login for the local command (testinfra's --ssh-config): a throwaway VM, unknown host key.
+cat >"$work/ssh_config" <<EOF
+Host 127.0.0.1
+  User debian
+  Port $SSH_PORT
+  IdentityFile $work/key
+  StrictHostKeyChecking no
+  UserKnownHostsFile /dev/null
+  LogLevel ERROR
+EOF
 ssh "${ssh_opts[@]}" debian@127.0.0.1 'cloud-init status --wait >/dev/null; cloud-init status --long | head -5; uname -r; systemctl is-system-running || true' || true
 echo "boot-test: cloud-init finished after $((SECONDS - start)) s"
 status=0
@@ -66,7 +79,7 @@ if [[ -n ${BOOT_TEST_COMMAND:-} ]]; then # in the VM
   ssh "${ssh_opts[@]}" debian@127.0.0.1 "$BOOT_TEST_COMMAND" || status=$?
 fi
 if [[ -n ${BOOT_TEST_LOCAL_COMMAND:-} ]]; then # here, e.g. testinfra with --hosts "$BOOT_TEST_HOST"
-  BOOT_TEST_HOST="ssh://debian@127.0.0.1:$SSH_PORT" BOOT_TEST_SSH_KEY=$work/key \
+  BOOT_TEST_HOST="ssh://127.0.0.1" BOOT_TEST_SSH_CONFIG=$work/ssh_config BOOT_TEST_SSH_KEY=$work/key \
     bash -c "$BOOT_TEST_LOCAL_COMMAND" || status=$?
 fi
 ssh "${ssh_opts[@]}" debian@127.0.0.1 'sudo systemctl poweroff' 2>/dev/null || true
