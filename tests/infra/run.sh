@@ -15,6 +15,10 @@ IMAGES=${IMAGES:-producer ml-server kafka mongodb}
 KEEP=${KEEP:-0}
 LOGS=build/infra/logs
 CONTAINERS_DIR=${CONTAINERS_DIR:-build/infra/containers}
+# The stand-ins' repository prefix (not "appliance": the real images keep their tags).
+IMAGE_PREFIX=appliance
+VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+[[ $CONTAINERS_DIR == build/infra/containers ]] && IMAGE_PREFIX=appliance-stand-in
 BASE_IMAGE=appliance-test/debian-systemd:bookworm
 BIN=$ROOT/.venv/bin
 export PATH=$BIN:$PATH ANSIBLE_CONFIG=$ROOT/ansible.cfg
@@ -55,7 +59,7 @@ docker info >/dev/null 2>&1 || { echo "Docker is not running: cannot test the ro
 step "Debian 12 systemd base image and stand-in container images"
 tests/infra/systemd-image.sh "$BASE_IMAGE"
 if [[ $CONTAINERS_DIR == build/infra/containers ]]; then
-  tests/infra/stand-ins.sh "$CONTAINERS_DIR" >/dev/null
+  tests/infra/stand-ins.sh "$CONTAINERS_DIR" "$VERSION" "$IMAGE_PREFIX" >/dev/null
 fi
 
 run_container() { # NAME IMAGE
@@ -76,7 +80,8 @@ run_container() { # NAME IMAGE
 
 converge() { # CONTAINER PLAYBOOK LOG
   ansible-playbook -i "$1," -c docker_cli -e @tests/infra/vars.yml \
-    -e "appliance_containers_dir=$ROOT/$CONTAINERS_DIR" "$2" >"$3" 2>&1
+    -e "appliance_containers_dir=$ROOT/$CONTAINERS_DIR" -e "appliance_image_prefix=$IMAGE_PREFIX" \
+    -e "appliance_version=$VERSION"     "$2" >"$3" 2>&1
 }
 
 # "changed=0 ... failed=0" in the PLAY RECAP, or say what changed.
@@ -127,7 +132,7 @@ done
 step "testinfra on the fresh bakes"
 for image in $IMAGES; do
   pytest -q -p no:cacheprovider tests/infra/test_image.py --hosts "docker://appliance-test-$image" \
-    --image "$image" --baked || fail "$image: testinfra (baked)"
+    --image "$image" --image-prefix "$IMAGE_PREFIX" --baked || fail "$image: testinfra (baked)"
 done
 
 step "boot each bake without settings, then with a peer missing, then complete; testinfra booted"
@@ -136,7 +141,8 @@ for image in $IMAGES; do docker restart "appliance-test-$image" >/dev/null & pid
 wait "${pids[@]}"
 for image in $IMAGES; do
   pytest -q -p no:cacheprovider tests/infra/test_boot_contract.py tests/infra/test_image.py \
-    --hosts "docker://appliance-test-$image" --image "$image" --boot-contract --durations=3 ||
+    --hosts "docker://appliance-test-$image" --image "$image" --image-prefix "$IMAGE_PREFIX" \
+    --boot-contract --durations=3 ||
     fail "$image: boot contract / testinfra (booted)"
 done
 

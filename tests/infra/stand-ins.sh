@@ -2,13 +2,17 @@
 # Tiny stand-ins for the five container images, for the role tests when `make save`'s real
 # tarballs are not wanted (they are large; these are ~1 MB each): busybox-static from Debian's
 # mirror, one `docker import` per image, `docker save | gzip` to OUT/NAME.tar.gz, tagged
-# appliance/NAME:VERSION exactly as the roles expect. The servers listen on the real ports
-# (kafka 9092, ml-server 8000 with /healthz, mongodb 27017); the others just stay up.
+# PREFIX/NAME:VERSION (the roles take the prefix as appliance_image_prefix). The prefix is not
+# "appliance", so the stand-ins never replace the real images `make containers` tagged on the same
+# Docker engine. The servers listen on the real ports (kafka 9092, ml-server 8000 with /healthz,
+# mongodb 27017); the others just stay up.
 #
-#   tests/infra/stand-ins.sh [OUT] [VERSION]     # default build/infra/containers 0.1.0
+#   tests/infra/stand-ins.sh [OUT] [VERSION] [PREFIX]  # build/infra/containers 0.1.0 appliance-stand-in
 set -euo pipefail
 OUT=${1:-build/infra/containers}
 VERSION=${2:-0.1.0}
+PREFIX=${3:-appliance-stand-in}
+[[ $PREFIX != appliance ]] || { echo "stand-ins.sh: the prefix 'appliance' is the real images'" >&2; exit 2; }
 CACHE=${APPLIANCE_CACHE:-$HOME/.cache/appliance}/stand-ins
 mkdir -p "$OUT" "$CACHE"
 
@@ -41,7 +45,7 @@ images=(
 for entry in "${images[@]}"; do
   name=${entry%%|*}
   cmd=${entry#*|}
-  tag=appliance/$name:$VERSION
+  tag=$PREFIX/$name:$VERSION
   docker import --change "CMD $cmd" --change "LABEL org.opencontainers.image.version=$VERSION" \
     --change "LABEL appliance.stand-in=true" "$CACHE/rootfs.tar" "$tag" >/dev/null
   docker save "$tag" | gzip -1 >"$OUT/$name.tar.gz.tmp"
