@@ -1,6 +1,6 @@
 """testinfra checks of the appliance images, against whatever --hosts names.
 
-    pytest tests/infra/test_image.py --hosts ssh://cc@203.0.113.7 --image kafka      # a booted VM
+    pytest tests/infra/test_image.py --hosts ssh://cc@203.0.113.7 --sudo --image kafka  # a booted VM
     pytest tests/infra/test_image.py --hosts docker://appliance-test-kafka --image kafka --baked
 
 --baked: the host is a fresh bake that never booted (no settings, nothing started, no keys left).
