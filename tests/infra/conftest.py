@@ -1,6 +1,6 @@
 """testinfra checks of the appliance images, against whatever --hosts names.
 
-    pytest tests/infra/test_image.py --hosts ssh://cc@203.0.113.7 --sudo --image kafka  # a booted VM
+    pytest tests/infra/test_image.py --hosts ssh://cc@203.0.113.7 --sudo --image kafka  # booted VM
     pytest tests/infra/test_image.py --hosts docker://appliance-test-kafka --image kafka --baked
 
 --baked: the host is a fresh bake that never booted (no settings, nothing started, no keys left).
@@ -32,6 +32,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--appliance-version", default=__version__, help="container image tag expected")
     group.addoption("--image-prefix", default="appliance", help="container image repository prefix")
     group.addoption(
+        "--listen-timeout",
+        type=float,
+        default=120.0,
+        help="seconds a booted host's port may take to listen (a JVM under emulation: minutes)",
+    )
+    group.addoption(
         "--boot-contract",
         action="store_true",
         help="run the boot-contract test (rewrites the settings file: test hosts only)",
@@ -54,6 +60,11 @@ def baked(request: pytest.FixtureRequest) -> bool:
 @pytest.fixture(scope="session")
 def expected_tag(request: pytest.FixtureRequest) -> str:
     return request.config.getoption("--appliance-version")
+
+
+@pytest.fixture(scope="session")
+def listen_timeout(request: pytest.FixtureRequest) -> float:
+    return request.config.getoption("--listen-timeout")
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -100,12 +101,18 @@ def test_booted_units_are_running(host, units, baked):
         assert host.service(unit).is_running, f"{unit} is not running"
 
 
-def test_booted_port_is_listening(host, image, baked):
+def test_booted_port_is_listening(host, image, baked, listen_timeout):
     if baked:
         pytest.skip("a fresh bake listens on nothing")
     if image not in PORTS:
         pytest.skip(f"the {image} image listens on nothing")
-    assert (
-        host.socket(f"tcp://0.0.0.0:{PORTS[image]}").is_listening
-        or host.socket(f"tcp://:::{PORTS[image]}").is_listening
-    )
+    port = PORTS[image]
+
+    def listening() -> bool:
+        return any(host.socket(f"tcp://{a}:{port}").is_listening for a in ("0.0.0.0", "::"))
+
+    # The unit runs as soon as its container starts; the server inside may take a while to bind.
+    deadline = time.monotonic() + listen_timeout
+    while not listening():
+        assert time.monotonic() < deadline, f"nothing listens on {port} after {listen_timeout} s"
+        time.sleep(5)

@@ -41,5 +41,5 @@ memory=2048
 echo "vm-check: booting $IMAGE_FILE"
 # shellcheck disable=SC2016  # expanded by boot-test.sh
 MEMORY=$memory BOOT_TEST_LOCAL_COMMAND='.venv/bin/pytest -q -p no:cacheprovider tests/infra/test_image.py \
-  --hosts "$BOOT_TEST_HOST" --ssh-config "$BOOT_TEST_SSH_CONFIG" --sudo --image '"$NAME" \
+  --hosts "$BOOT_TEST_HOST" --ssh-config "$BOOT_TEST_SSH_CONFIG" --sudo --listen-timeout 600 --image '"$NAME" \
   packer/base-vm/boot-test.sh "$IMAGE_FILE" "$work/user-data.yaml"
