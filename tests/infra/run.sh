@@ -81,7 +81,7 @@ run_container() { # NAME IMAGE
 converge() { # CONTAINER PLAYBOOK LOG
   ansible-playbook -i "$1," -c docker_cli -e @tests/infra/vars.yml \
     -e "appliance_containers_dir=$ROOT/$CONTAINERS_DIR" -e "appliance_image_prefix=$IMAGE_PREFIX" \
-    -e "appliance_version=$VERSION"     "$2" >"$3" 2>&1
+    -e "appliance_version=$VERSION" "$2" >"$3" 2>&1
 }
 
 # "changed=0 ... failed=0" in the PLAY RECAP, or say what changed.
