@@ -75,15 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--floating-ip-network", help="take a floating IP for each server from this network"
     )
-    parser.add_argument("--mongodb-user", help="MongoDB root user (with --mongodb-password)")
-    parser.add_argument(
-        "--set",
-        dest="settings",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="another setting for every env file (repeatable)",
-    )
+    userdata.add_setting_arguments(parser, "every env file")
     parser.add_argument(
         "--timeout", type=float, default=1800, help="seconds to wait for each server to be up"
     )

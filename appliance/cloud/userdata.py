@@ -24,23 +24,28 @@ _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 SECRET_KEYS = ("MONGODB_URI", "MONGO_INITDB_ROOT_PASSWORD")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("role", choices=list(ROLES), help="the image the user-data is for")
-    parser.add_argument("--kafka", metavar="IP", help="the kafka VM's address")
-    parser.add_argument("--mongodb", metavar="IP", help="the mongodb VM's address")
-    parser.add_argument("--ml-server", metavar="IP", help="the ml-server VM's address")
+def add_setting_arguments(parser: argparse.ArgumentParser, target: str) -> None:
+    """--mongodb-user and --set, shared by `appliance userdata` and `appliance deploy`."""
     parser.add_argument("--mongodb-user", help="MongoDB root user (with --mongodb-password)")
-    parser.add_argument(
-        "--mongodb-password",
-        help="MongoDB root password (default: $APPLIANCE_MONGODB_PASSWORD)",
-    )
     parser.add_argument(
         "--set",
         dest="settings",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="another setting for the env file, e.g. DEVICE_ID=lobby (repeatable)",
+        help=f"another setting for {target} (repeatable)",
+    )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("role", choices=list(ROLES), help="the image the user-data is for")
+    parser.add_argument("--kafka", metavar="IP", help="the kafka VM's address")
+    parser.add_argument("--mongodb", metavar="IP", help="the mongodb VM's address")
+    parser.add_argument("--ml-server", metavar="IP", help="the ml-server VM's address")
+    add_setting_arguments(parser, "the env file, e.g. DEVICE_ID=lobby")
+    parser.add_argument(
+        "--mongodb-password",
+        help="MongoDB root password (default: $APPLIANCE_MONGODB_PASSWORD)",
     )
     parser.add_argument("--hostname", help="the VM's host name (default: appliance-ROLE)")
     parser.add_argument("--output", "-o", help="write here instead of standard output")
