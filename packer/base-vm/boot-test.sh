@@ -52,17 +52,8 @@ qemu-system-x86_64 -accel "$ACCEL" -cpu max -m "$MEMORY" -smp 2 -nographic -no-r
   -netdev "user,id=n0,hostfwd=tcp:127.0.0.1:$SSH_PORT-:22" -device virtio-net-pci,netdev=n0 \
   -serial "file:$LOG_DIR/boot-test-console.log" -monitor none -display none &
 qemu_pid=$!
-ssh_opts=(-i "$work/key" -p "$SSH_PORT" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null
-  -o ConnectTimeout=10 -o LogLevel=ERROR -o BatchMode=yes)
-until ssh "${ssh_opts[@]}" debian@127.0.0.1 true 2>/dev/null; do
-  kill -0 "$qemu_pid" 2>/dev/null || { echo "boot-test: QEMU exited"; tail -20 "$LOG_DIR/boot-test-console.log"; exit 1; }
-  if ((SECONDS - start > TIMEOUT)); then
-    echo "boot-test: no SSH after $TIMEOUT s"; tail -30 "$LOG_DIR/boot-test-console.log"; exit 1
-  fi
-  sleep 5
-done
-echo "boot-test: SSH after $((SECONDS - start)) s ($ACCEL)"
-# The same login for the local command (testinfra's --ssh-config): a throwaway VM, unknown host key.
+# One login for every ssh here and for the local command (testinfra's --ssh-config): a throwaway
+# VM, unknown host key.
 cat >"$work/ssh_config" <<EOF
 Host 127.0.0.1
   User debian
@@ -71,18 +62,29 @@ Host 127.0.0.1
   StrictHostKeyChecking no
   UserKnownHostsFile /dev/null
   LogLevel ERROR
+  ConnectTimeout 10
+  BatchMode yes
 EOF
-ssh "${ssh_opts[@]}" debian@127.0.0.1 'cloud-init status --wait >/dev/null; cloud-init status --long | head -5; uname -r; systemctl is-system-running || true' || true
+ssh_opts=(-F "$work/ssh_config")
+until ssh "${ssh_opts[@]}" 127.0.0.1 true 2>/dev/null; do
+  kill -0 "$qemu_pid" 2>/dev/null || { echo "boot-test: QEMU exited"; tail -20 "$LOG_DIR/boot-test-console.log"; exit 1; }
+  if ((SECONDS - start > TIMEOUT)); then
+    echo "boot-test: no SSH after $TIMEOUT s"; tail -30 "$LOG_DIR/boot-test-console.log"; exit 1
+  fi
+  sleep 5
+done
+echo "boot-test: SSH after $((SECONDS - start)) s ($ACCEL)"
+ssh "${ssh_opts[@]}" 127.0.0.1 'cloud-init status --wait >/dev/null; cloud-init status --long | head -5; uname -r; systemctl is-system-running || true' || true
 echo "boot-test: cloud-init finished after $((SECONDS - start)) s"
 status=0
 if [[ -n ${BOOT_TEST_COMMAND:-} ]]; then # in the VM
-  ssh "${ssh_opts[@]}" debian@127.0.0.1 "$BOOT_TEST_COMMAND" || status=$?
+  ssh "${ssh_opts[@]}" 127.0.0.1 "$BOOT_TEST_COMMAND" || status=$?
 fi
 if [[ -n ${BOOT_TEST_LOCAL_COMMAND:-} ]]; then # here, e.g. testinfra with --hosts "$BOOT_TEST_HOST"
   BOOT_TEST_HOST="ssh://127.0.0.1" BOOT_TEST_SSH_CONFIG=$work/ssh_config BOOT_TEST_SSH_KEY=$work/key \
     bash -c "$BOOT_TEST_LOCAL_COMMAND" || status=$?
 fi
-ssh "${ssh_opts[@]}" debian@127.0.0.1 'sudo systemctl poweroff' 2>/dev/null || true
+ssh "${ssh_opts[@]}" 127.0.0.1 'sudo systemctl poweroff' 2>/dev/null || true
 wait "$qemu_pid" 2>/dev/null || true
 qemu_pid=
 exit "$status"
