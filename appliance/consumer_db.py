@@ -19,7 +19,7 @@ from pymongo import MongoClient, UpdateOne
 from pymongo.collection import Collection
 from pymongo.errors import AutoReconnect, BulkWriteError, ConnectionFailure, ExecutionTimeout
 
-from appliance import kafkaio
+from appliance import kafkaio, peers
 from appliance.config import Settings
 from appliance.contract import BadMessage, parse_image_message, parse_prediction_message
 
@@ -110,9 +110,17 @@ def write(collection: Collection, updates: dict[str, dict[str, dict]]) -> bool:
 
 
 def consume(settings: Settings, stopper: kafkaio.Stopper, idle_exit: float | None = None) -> Stats:
-    """Run until stopped (or idle for ``idle_exit`` seconds); returns what was processed."""
-    kafkaio.ensure_topics(settings)
+    """Run until stopped (or idle for ``idle_exit`` seconds); returns what was processed.
+
+    Waits for the broker and then MongoDB first, saying which one it is waiting for.
+    """
+    peers.wait_for_kafka(settings, stopper)
     client: MongoClient = MongoClient(settings.mongodb_uri, serverSelectionTimeoutMS=5000)
+    try:
+        peers.wait_for_mongodb(client, settings.mongodb_uri, stopper)
+    except peers.Stopped:
+        client.close()
+        return Stats()
     collection = client[settings.mongodb_database][settings.mongodb_collection]
     consumer = kafkaio.make_consumer(
         settings,
@@ -170,5 +178,8 @@ add_arguments = kafkaio.add_consumer_arguments
 
 
 def run(args: argparse.Namespace) -> int:
-    consume(Settings.from_env(), kafkaio.Stopper().install(), args.exit_when_idle)
+    try:
+        consume(Settings.from_env(), kafkaio.Stopper().install(), args.exit_when_idle)
+    except peers.Stopped as exc:
+        log.info("%s", exc)
     return 0

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import requests
 from kafka.consumer.fetcher import ConsumerRecord
 
-from appliance import kafkaio
+from appliance import kafkaio, peers
 from appliance.config import Settings
 from appliance.contract import BadMessage, encode_prediction_message, parse_image_message
 
@@ -116,7 +116,12 @@ def label_batch(
 
 
 def consume(settings: Settings, stopper: kafkaio.Stopper, idle_exit: float | None = None) -> Stats:
-    kafkaio.ensure_topics(settings)
+    """Label until stopped (or idle for ``idle_exit`` seconds); waits for the broker first.
+
+    The server is awaited per batch (retry_paused), so a server that comes and goes holds
+    back labels, never the consumer's place in its group.
+    """
+    peers.wait_for_kafka(settings, stopper)
     consumer = kafkaio.make_consumer(
         settings, [settings.topic_images], settings.group_inference, settings.inference_batch_size
     )
@@ -187,5 +192,8 @@ add_arguments = kafkaio.add_consumer_arguments
 
 
 def run(args: argparse.Namespace) -> int:
-    consume(Settings.from_env(), kafkaio.Stopper().install(), args.exit_when_idle)
+    try:
+        consume(Settings.from_env(), kafkaio.Stopper().install(), args.exit_when_idle)
+    except peers.Stopped as exc:
+        log.info("%s", exc)
     return 0

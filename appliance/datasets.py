@@ -6,6 +6,7 @@ and training read all three the same way.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import logging
@@ -181,3 +182,31 @@ def load(
     if not samples:
         raise DatasetError(f"{source}: no PNG/JPEG images in class folders for split {split!r}")
     return samples
+
+
+def _suffix(image: bytes) -> str:
+    return ".png" if image.startswith(b"\x89PNG") else ".jpg"
+
+
+def pack(samples: list[Sample], out: Path, split: str) -> Path:
+    """Write ``samples`` as a folder-layout .tar.gz (``SPLIT/<class>/NNNNN.jpg``) that :func:`load`
+    reads back as they are. Reproducible: sorted, fixed owners and times, so one source gives the
+    same bytes (and the same container layer) every time.
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".part")
+    per_class: dict[str, int] = {}
+    # gzip's own header carries a time too: 0 here.
+    with (
+        partial.open("wb") as raw,
+        gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz,
+        tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
+    ):
+        for sample in sorted(samples, key=lambda s: (s.label, s.name)):
+            index = per_class.get(sample.label, 0)
+            per_class[sample.label] = index + 1
+            info = tarfile.TarInfo(f"{split}/{sample.label}/{index:05d}{_suffix(sample.image)}")
+            info.size, info.mtime, info.mode = len(sample.image), 0, 0o644
+            tar.addfile(info, io.BytesIO(sample.image))
+    partial.replace(out)
+    return out

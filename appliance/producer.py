@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
-from appliance import datasets, kafkaio
+from appliance import datasets, kafkaio, peers
 from appliance.config import Settings
 from appliance.contract import encode_image_message
 
@@ -73,14 +73,19 @@ def produce(
     order: str = "sequential",
     seed: int = 0,
     progress: bool = True,
+    forever: bool = False,
+    stopper: kafkaio.Stopper | None = None,
 ) -> Counts:
     """Send images round the devices until ``count`` images or ``duration`` seconds.
 
-    ``rate`` is images per second per device; 0 sends as fast as the broker takes them.
+    ``rate`` is images per second per device; 0 sends as fast as the broker takes them. With
+    neither limit, the source is sent once, or (``forever``) again and again until stopped.
+    Waits for the broker first, saying so, and sends nothing until it answers.
     """
-    if count is None and duration is None:
+    if count is None and duration is None and not forever:
         count = len(samples)
-    kafkaio.ensure_topics(settings)
+    stopper = stopper or kafkaio.Stopper()
+    peers.wait_for_kafka(settings, stopper)
     producer = kafkaio.make_producer(settings)
     counts = Counts()
     names = device_names(settings.device_id, devices)
@@ -92,7 +97,7 @@ def produce(
     heapq.heapify(schedule)
     bar = tqdm(total=count, unit="img", desc="sent", disable=not progress, file=sys.stderr)
     try:
-        while count is None or counts.sent < count:
+        while (count is None or counts.sent < count) and not stopper.stopped:
             due, sends, device = heapq.heappop(schedule)
             now = time.monotonic()
             if duration is not None and max(now, due) - start >= duration:
@@ -140,6 +145,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     limit = parser.add_mutually_exclusive_group()
     limit.add_argument("--count", type=int, help="total images to send (default: the whole split)")
     limit.add_argument("--duration", type=float, help="seconds to send for")
+    limit.add_argument(
+        "--forever",
+        action="store_true",
+        help="keep sending (the source reshuffled each pass) until stopped: a camera's life",
+    )
     parser.add_argument(
         "--order",
         choices=ORDERS,
@@ -166,17 +176,24 @@ def run(args: argparse.Namespace) -> int:
         print(f"appliance produce: {exc}", file=sys.stderr)
         return 2
     log.info("loaded %d images from %s (%s)", len(samples), args.source, args.split)
-    counts = produce(
-        settings,
-        samples,
-        devices=args.devices,
-        rate=args.rate,
-        count=args.count,
-        duration=args.duration,
-        order=args.order,
-        seed=args.seed,
-        progress=not args.no_progress,
-    )
+    stopper = kafkaio.Stopper().install()
+    try:
+        counts = produce(
+            settings,
+            samples,
+            devices=args.devices,
+            rate=args.rate,
+            count=args.count,
+            duration=args.duration,
+            order=args.order,
+            seed=args.seed,
+            progress=not args.no_progress,
+            forever=args.forever,
+            stopper=stopper,
+        )
+    except peers.Stopped as exc:
+        print(f"appliance produce: {exc}; sent nothing", file=sys.stderr)
+        return 1
     print(f"sent {counts.sent}, acknowledged {counts.acknowledged}, failed {counts.failed}")
     for error in counts.errors:
         print(f"  send error: {error}", file=sys.stderr)

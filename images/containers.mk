@@ -14,6 +14,9 @@ BASE_IMAGE ?= debian:bookworm-slim
 MONGODB_FLAVOR ?= auto
 MONGO_IMAGE ?= mongo:7
 CONTAINER_MODEL ?= build/model/resnet50.keras
+# The images the producer image carries: the test split of SOURCE (the shared CIFAR-10 archive
+# here, else the official download), about 3 MB.
+CAMERA_IMAGES ?= $(CTR_DIR)/cameras/cifar10-test.tar.gz
 # Compression of the tarballs `make save` writes (gzip: what `docker load` of Docker 20.10 reads).
 SAVE_GZIP_LEVEL ?= 6
 # More `docker build` options, e.g. --no-cache (a cold build) or --pull.
@@ -76,8 +79,9 @@ container-sizes:
 	@$(DOCKER) image ls --format '{{.Repository}}:{{.Tag}}\t{{.Size}}\t{{.ID}}' \
 		| grep -E '^$(IMAGE_PREFIX)/($(subst $(CTR_SPACE),|,$(CONTAINER_IMAGES))):$(APPLIANCE_VERSION)\s' | column -t
 
-container-producer: base-image $(APPLIANCE_WHEEL) $(CTR_DIR)/deps-base/.complete
-	DEPS_DIR=$(CTR_DIR)/deps-base DIST_DIR=$(DIST_DIR) images/stage-context.sh producer $(CTX_DIR)/producer
+container-producer: base-image $(APPLIANCE_WHEEL) $(CTR_DIR)/deps-base/.complete $(CAMERA_IMAGES)
+	CAMERA_IMAGES=$(CAMERA_IMAGES) DEPS_DIR=$(CTR_DIR)/deps-base DIST_DIR=$(DIST_DIR) \
+		images/stage-context.sh producer $(CTX_DIR)/producer
 	$(call build-image,producer,$(PYTHON_BUILD_ARGS))
 
 container-kafka: base-image $(APPLIANCE_WHEEL) $(CTR_DIR)/deps-base/.complete
@@ -150,6 +154,10 @@ $(CTR_DIR)/deps-%/.complete: $(CTR_DIR)/constraints.txt pyproject.toml | venv
 	$(BIN)/pip wheel --quiet --wheel-dir $(@D)/wheels -r $(@D)/requirements.txt -c $(@D)/constraints.txt
 	@echo "wheelhouse $*: $$(ls $(@D)/wheels | wc -l) wheels, $$(du -sh $(@D)/wheels | cut -f1)"
 	touch $@
+
+# SOURCE is a make variable (the shared archive or cifar10): the file is made again by `make clean`.
+$(CAMERA_IMAGES): | venv
+	$(BIN)/appliance dataset pack $(SOURCE) --split test --out $@
 
 # The trained model when `make model` made one; otherwise an untrained one, said plainly.
 $(CONTAINER_MODEL): | venv

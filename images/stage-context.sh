@@ -6,6 +6,7 @@
 #   DEPS_DIR      requirements.txt, constraints.txt and wheels/  (producer, kafka, ml-server)
 #   DIST_DIR      the appliance wheel                            (producer, kafka, ml-server)
 #   MODEL         the model artifact, X.keras with X.json beside it   (ml-server)
+#   CAMERA_IMAGES the cameras' images, a .tar.gz from `appliance dataset pack`  (producer)
 #   KAFKA_LIBS    the broker's jars                               (kafka)
 #   FERRETDB_BIN  the FerretDB binary                             (mongodb, ferretdb flavor)
 set -euo pipefail
@@ -42,6 +43,11 @@ case $image in
 esac
 
 case $image in
+  producer)
+    need CAMERA_IMAGES
+    mkdir -p "$dest/cameras"
+    cp -p "$CAMERA_IMAGES" "$dest/cameras/cifar10-test.tar.gz"
+    ;;
   ml-server)
     need MODEL
     meta=${MODEL%.keras}.json
