@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "stack": ("appliance.stack", "the pipeline as containers on one Docker host"),
     "userdata": ("appliance.cloud.userdata", "render an image's cloud-init user-data"),
     "deploy": ("appliance.cloud.deploy", "create the four servers on OpenStack"),
+    "cloud": ("appliance.cloud.local", "the four images on this machine: QEMU VMs or containers"),
     "destroy": ("appliance.cloud.destroy", "remove the servers deploy created"),
 }
 

@@ -196,10 +196,10 @@ def pack(samples: list[Sample], out: Path, split: str) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".part")
     per_class: dict[str, int] = {}
-    # gzip's own header carries a time too: 0 here.
+    # gzip's own header carries a time and a file name too: neither here.
     with (
         partial.open("wb") as raw,
-        gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz,
+        gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as gz,
         tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
     ):
         for sample in sorted(samples, key=lambda s: (s.label, s.name)):

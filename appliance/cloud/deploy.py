@@ -2,7 +2,8 @@
 
 Order (topology.DEPLOY_ORDER): a Neutron port per server is made first, so every address is known
 before any server boots; then mongodb and ml-server, then kafka (broker + consumers need both),
-then producer (needs kafka). Each server gets `appliance userdata` with the real peer addresses.
+then producer (needs kafka). Each server gets `appliance userdata` with the real peer addresses,
+from the same plan (appliance.cloud.plan) the local providers of `appliance cloud` boot.
 
 Security groups: one per image; each opens only the ports its peers use (27017 and 8000 to the
 kafka VM's group, 9092 to the producer's and kafka's), plus SSH and the service ports to
@@ -30,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from appliance.cloud import topology, userdata
+from appliance.cloud import plan, topology, userdata
 from appliance.config import ConfigError
 
 log = logging.getLogger(__name__)
@@ -328,20 +329,24 @@ def deploy(conn: Any, args: argparse.Namespace) -> dict[str, Member]:
         groups = ensure_security_groups(conn, name, args.admin_cidr, created)
         for member in members.values():
             ensure_port(conn, name, member, network.id, groups[member.role])
-        peers = {role: members[role].address for role in ("kafka", "mongodb", "ml-server")}
-        for role in topology.DEPLOY_ORDER:
-            member = members[role]
+        boots = plan.make_plan(
+            name,
+            {role: member.address for role, member in members.items()},
+            mongodb_user=args.mongodb_user,
+            mongodb_password=password,
+            settings=settings,
+        ).boots
+        for boot in boots:
+            role, member = boot.role, members[boot.role]
             member.image = image_ids[role].name
-            text = userdata.render(
-                role,
-                peers,
-                mongodb_user=args.mongodb_user,
-                mongodb_password=password,
-                settings=settings,
-                hostname=f"{name}-{role}",
-            )
             create_server(
-                conn, name, member, image_ids[role].id, flavor_ids[role], args.key_name, text
+                conn,
+                name,
+                member,
+                image_ids[role].id,
+                flavor_ids[role],
+                args.key_name,
+                boot.user_data,
             )
             if floating_network is not None:
                 attach_floating_ip(conn, member, floating_network.id, created)

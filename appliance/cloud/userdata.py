@@ -10,16 +10,60 @@ the baked units start their containers once it exists (see DESIGN.md, boot contr
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 import re
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 
 from appliance import __version__
 from appliance.cloud.topology import ENV_FILE, ROLES, check_address, environment
 from appliance.config import ConfigError
 
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+# systemd-networkd reads .network files in lexical order: this one matches before a distribution's
+# catch-all (Debian's 80-dhcp, netplan's 10-netplan-*).
+NETWORK_FILE = "/etc/systemd/network/05-appliance-private.network"
+
+
+@dataclass(frozen=True)
+class StaticNic:
+    """A fixed address for the NIC with this MAC, for networks without DHCP (the local VMs').
+
+    Written as a systemd-networkd file: Debian 12 and Ubuntu 22.04 (netplan renders to networkd)
+    both read it, whatever cloud-init's own network configuration does.
+    """
+
+    mac: str
+    address: str  # CIDR, e.g. 10.213.57.12/24
+
+    def __post_init__(self) -> None:
+        if not _MAC.match(self.mac):
+            raise ConfigError(f"--mac {self.mac!r}: expected six lower-case hex pairs")
+        try:
+            ipaddress.ip_interface(self.address)
+        except ValueError:
+            raise ConfigError(f"--address {self.address!r}: expected an address/prefix") from None
+        if "/" not in self.address:
+            raise ConfigError(f"--address {self.address!r}: give the prefix, e.g. /24")
+
+    def unit(self) -> str:
+        return (
+            "[Match]\n"
+            f"MACAddress={self.mac}\n\n"
+            "[Network]\n"
+            f"Address={self.address}\n"
+            "LinkLocalAddressing=no\n"
+            "IPv6AcceptRA=no\n\n"
+            "[Link]\n"
+            # The admin NIC (or the cloud's) decides when the VM is online.
+            "RequiredForOnline=no\n"
+        )
+
+
 # Values that must never end up in a world-readable file or in a log line.
 SECRET_KEYS = ("MONGODB_URI", "MONGO_INITDB_ROOT_PASSWORD")
 
@@ -48,6 +92,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="MongoDB root password (default: $APPLIANCE_MONGODB_PASSWORD)",
     )
     parser.add_argument("--hostname", help="the VM's host name (default: appliance-ROLE)")
+    parser.add_argument(
+        "--address",
+        metavar="IP/PREFIX",
+        help="a fixed address for the NIC --mac names (networks without DHCP; with --mac)",
+    )
+    parser.add_argument("--mac", help="the NIC that gets --address")
+    parser.add_argument(
+        "--ssh-key",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a public key file let in as the image's default user (repeatable; a cloud's key "
+        "pair does this on OpenStack)",
+    )
     parser.add_argument("--output", "-o", help="write here instead of standard output")
 
 
@@ -84,6 +142,8 @@ def render(
     mongodb_password: str | None = None,
     settings: dict[str, str] | None = None,
     hostname: str | None = None,
+    network: StaticNic | None = None,
+    ssh_keys: list[str] | None = None,
 ) -> str:
     """The #cloud-config text for ROLE's VM. ConfigError names a missing or bad peer."""
     checked = {
@@ -113,9 +173,40 @@ def render(
         "    permissions: '0600'",
         "    content: |",
         *(f"      {line}" for line in content.splitlines()),
+    ]
+    if network is not None:
+        out += [
+            f"  - path: {NETWORK_FILE}",
+            "    owner: root:root",
+            "    permissions: '0644'",
+            "    content: |",
+            *(f"      {line}" if line else "" for line in network.unit().splitlines()),
+            # networkd saw no file for this NIC at boot: apply it now (later boots read it).
+            "runcmd:",
+            "  - [networkctl, reload]",
+        ]
+    if ssh_keys:
+        out += ["ssh_authorized_keys:", *(f"  - {json.dumps(key.strip())}" for key in ssh_keys)]
+    out += [
         f"final_message: {json.dumps(f'appliance {role}: cloud-init finished after $UPTIME s')}",
     ]
     return "\n".join(out) + "\n"
+
+
+def read_public_key(path: str) -> str:
+    try:
+        key = Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"--ssh-key {path}: {exc.strerror}") from None
+    if not key.startswith(("ssh-", "ecdsa-", "sk-")) or "\n" in key:
+        raise ConfigError(f"--ssh-key {path}: not one OpenSSH public key line")
+    return key
+
+
+def static_nic(address: str | None, mac: str | None) -> StaticNic | None:
+    if bool(address) != bool(mac):
+        raise ConfigError("--address and --mac go together")
+    return StaticNic(mac.lower(), address) if address and mac else None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -128,6 +219,8 @@ def run(args: argparse.Namespace) -> int:
         or (os.environ.get("APPLIANCE_MONGODB_PASSWORD") if args.mongodb_user else None),
         settings=parse_settings(args.settings),
         hostname=args.hostname,
+        network=static_nic(args.address, args.mac),
+        ssh_keys=[read_public_key(f) for f in args.ssh_key],
     )
     if args.output:
         fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

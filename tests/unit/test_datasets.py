@@ -129,3 +129,17 @@ def test_bad_sources_are_named(tmp_path, source):
         source = str(tmp_path / "x.tar.gz")
     with pytest.raises(datasets.DatasetError, match=source.rstrip("/").split("/")[-1]):
         datasets.load(source, "test")
+
+
+def test_pack_round_trips_and_is_reproducible(tmp_path):
+    """The producer image's camera file: read back as it went in, the same bytes every time."""
+    make_folder(tmp_path / "src")
+    samples = datasets.load(str(tmp_path / "src"), "test")
+    first = datasets.pack(samples, tmp_path / "a.tar.gz", "test")
+    second = datasets.pack(list(reversed(samples)), tmp_path / "b.tar.gz", "test")
+    assert first.read_bytes() == second.read_bytes()
+    back = datasets.load(str(first), "test")
+    assert sorted((s.label, s.image) for s in back) == sorted((s.label, s.image) for s in samples)
+    # Nothing of the train split went in.
+    with pytest.raises(datasets.DatasetError, match="no PNG/JPEG"):
+        datasets.load(str(first), "train")

@@ -1,0 +1,64 @@
+"""The local VM provider without booting anything: its plan, QEMU's command line and its state."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from appliance.cloud import localvm, topology
+from appliance.config import ConfigError
+
+
+@pytest.fixture
+def bakes(tmp_path: Path) -> Path:
+    builds = []
+    for role in topology.ROLES:
+        for stamp in ("old", "new"):
+            path = tmp_path / f"appliance-{role}-{stamp}.qcow2"
+            path.write_bytes(b"qcow")
+            builds.append({"files": [{"name": str(path)}], "custom_data": {"image": role}})
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"builds": builds}))
+    return manifest
+
+
+def test_newest_bake_of_each_image(bakes):
+    newest = localvm.newest_bakes(bakes)
+    assert {role: p.name for role, p in newest.items()} == {
+        role: f"appliance-{role}-new.qcow2" for role in topology.ROLES
+    }
+    with pytest.raises(ConfigError, match="bake the images first"):
+        localvm.newest_bakes(bakes.parent / "missing.json")
+
+
+def test_a_subnet_this_machine_uses_is_refused():
+    routes = json.loads(subprocess.run(["ip", "-j", "route"], capture_output=True).stdout)
+    mine = next(r["dst"] for r in routes if r.get("dst", "default") != "default")
+    with pytest.raises(ConfigError, match="collides"):
+        localvm.check_subnet(mine)
+    assert str(localvm.check_subnet(localvm.SUBNET)) == localvm.SUBNET
+
+
+def test_each_vm_has_a_private_nic_and_an_admin_nic_that_reaches_nothing(bakes, tmp_path):
+    cloud = localvm.LocalCloud(tmp_path / "cloud")
+    state = cloud.prepare("t", localvm.SUBNET, bakes)
+    assert [vm.address for vm in state.vms.values()] == [
+        "10.213.57.10", "10.213.57.11", "10.213.57.12", "10.213.57.13"
+    ]  # fmt: skip
+    assert sum(vm.memory_mib for vm in state.vms.values()) <= 10 * 1024
+    for role, vm in state.vms.items():
+        command = " ".join(cloud.qemu_command(state, vm))
+        assert "user,id=admin,restrict=on,hostfwd=tcp:127.0.0.1:" in command
+        assert f"vde,id=private,sock={cloud.switch.resolve()}" in command
+        assert f"netdev=private,mac={vm.mac}" in command
+        assert "append=on" in command  # the console survives a power cycle
+        assert ("27017" in command) == (role == "mongodb")
+    # The state survives a reload, and the SSH config names each role.
+    assert cloud.load() == state
+    assert "Host kafka\n  HostName 127.0.0.1" in cloud.ssh_config.read_text()
+    boots = cloud.plan(state).by_role()
+    assert "MACAddress=52:54:00:d5:39:0c" in boots["kafka"].user_data
+    assert "ssh_authorized_keys" in boots["producer"].user_data
