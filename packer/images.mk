@@ -3,7 +3,8 @@
 
 .PHONY: packer-tools packer-init packer-validate images image-producer image-ml-server image-kafka \
 	image-mongodb base-vm lint-infra test-infra infra-venv container-tarballs vm-check-producer \
-	vm-check-ml-server vm-check-kafka vm-check-mongodb
+	vm-check-ml-server vm-check-kafka vm-check-mongodb host-tools cloud-up cloud-check cloud-status \
+	cloud-down cloud-containers-check
 
 PACKER_CACHE ?= $(HOME)/.cache/appliance/packer
 PACKER := $(PACKER_CACHE)/bin/packer
@@ -31,6 +32,9 @@ PACKER_VARS = -var appliance_version=$(APPLIANCE_VERSION) -var git_commit=$(GIT_
 	-var qemu_base_image=$(BASE_VM) -var qemu_accelerator=$(QEMU_ACCEL) $(PACKER_EXTRA_VARS)
 
 infra-venv: $(BIN)/.infra-installed
+
+host-tools: ## Install QEMU, xorriso, VDE and the base-vm tools from Debian (what is missing only).
+	packer/tools/install-host-tools.sh
 
 $(BIN)/.infra-installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -62,7 +66,7 @@ packer-validate: packer-init infra-venv $(BUILD_KEY) ## packer fmt -check, and v
 
 base-vm: $(BASE_VM) ## Build the local Debian 12 cloud base qcow2 (debootstrap, no partitions tools needed).
 
-$(BASE_VM): packer/base-vm/build.sh
+$(BASE_VM): packer/base-vm/build.sh | host-tools
 	nice -n 10 packer/base-vm/build.sh $@
 
 # Container tarballs from `make save` (images/containers.mk), unless the bake pulls from a registry.
@@ -71,7 +75,7 @@ container-tarballs:
 	if [ -n "$$missing" ]; then echo "container tarballs missing:$$missing; running make save"; \
 		$(MAKE) save; fi
 
-IMAGE_PREREQS := packer-init infra-venv $(if $(filter qemu,$(PACKER_SOURCE)),$(BUILD_KEY) $(BASE_VM)) \
+IMAGE_PREREQS := packer-init infra-venv $(if $(filter qemu,$(PACKER_SOURCE)),host-tools $(BUILD_KEY) $(BASE_VM)) \
 	$(if $(filter registry,$(IMAGE_SOURCE)),,container-tarballs)
 
 images: $(IMAGE_PREREQS) ## Bake all four (CLOUD=chameleon: OpenStack; default: local qemu); image-NAME: one.
@@ -83,8 +87,31 @@ $(addprefix image-,$(IMAGE_NAMES)): image-%: $(IMAGE_PREREQS)
 	$(PACKER_ENV) $(PACKER) build -only='appliance.$(PACKER_SOURCE).$*' $(PACKER_VARS) packer/
 
 # Boot a local bake under QEMU with user-data naming its peers, then testinfra over SSH.
-$(addprefix vm-check-,$(IMAGE_NAMES)): vm-check-%: infra-venv
+$(addprefix vm-check-,$(IMAGE_NAMES)): vm-check-%: infra-venv host-tools
 	tests/infra/vm-check.sh $*
+
+# The local four-VM cloud: the newest bakes as QEMU VMs on a private VDE switch (appliance cloud).
+# Cameras at CLOUD_RATE img/s each (4 cameras): slow enough for four VMs under emulation.
+CLOUD_RATE ?= 1
+CLOUD_COUNT ?= 200
+CLOUD_PROVIDER ?= vm
+LOCAL_CLOUD := $(BIN)/appliance cloud --provider $(CLOUD_PROVIDER)
+cloud-up: infra-venv host-tools ## Boot the four newest bakes as VMs on one private network, in order, until healthy.
+	$(if $(filter containers,$(CLOUD_PROVIDER)),$(MAKE) --no-print-directory save)
+	$(LOCAL_CLOUD) up --set-for producer:PRODUCER_RATE=$(CLOUD_RATE)
+
+cloud-check: cloud-up ## cloud-up, then testinfra and the pipeline across the four VMs, with faults (tests/cluster).
+	$(BIN)/pytest -v -s -p no:cacheprovider tests/cluster --provider $(CLOUD_PROVIDER) \
+		--count $(CLOUD_COUNT) --durations=0
+
+cloud-status: infra-venv ## The local cloud's machines, addresses and health.
+	$(LOCAL_CLOUD) status
+
+cloud-down: infra-venv ## Stop the local cloud and remove its disks and state.
+	$(LOCAL_CLOUD) down
+
+cloud-containers-check: ## The same checks on the four playbooks converged into systemd containers (CI).
+	$(MAKE) --no-print-directory cloud-check CLOUD_PROVIDER=containers CLOUD_RATE=2 CLOUD_COUNT=100
 
 lint-infra: infra-venv $(PACKER) ## yamllint, ansible-lint (production profile), packer fmt -check.
 	$(BIN)/yamllint -s .

@@ -26,6 +26,8 @@ from appliance.cloud import topology, userdata
 from appliance.config import ConfigError
 
 WAITS = ("none", "booted", "healthy")
+# Each provider's private network by default: two can run side by side.
+SUBNETS = {"vm": "10.213.57.0/24", "containers": "10.213.58.0/24"}
 
 
 class Provider(Protocol):
@@ -157,7 +159,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     up = sub.add_parser("up", help="create and boot the four, in the topology's order")
     up.add_argument("--name", default="appliance", help="deployment name (host names NAME-ROLE)")
-    up.add_argument("--subnet", default="10.213.57.0/24", help="the private network")
+    up.add_argument("--subnet", help=f"the private network (default: {SUBNETS})")
     up.add_argument(
         "--first",
         action="append",
@@ -210,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"removed the local cloud under {cloud.root}")
         return 0
     if args.action == "up":
-        state = cloud.prepare(args.name, args.subnet)
+        state = cloud.prepare(args.name, args.subnet or SUBNETS[args.provider])
         plan = cloud.plan(
             state,
             roles=plans.order(tuple(args.first)),

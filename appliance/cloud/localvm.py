@@ -231,6 +231,12 @@ class LocalCloud:
              str(pidfile.resolve())],
             check=True,
         )  # fmt: skip
+        # The daemon writes its pid file after it forked: give it a moment.
+        deadline = time.monotonic() + 10
+        while not pidfile.is_file() or not pidfile.read_text().strip():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"vde_switch wrote no pid file {pidfile}")
+            time.sleep(0.1)
         state.switch_pid = int(pidfile.read_text())
         log.info(
             "private switch %s (pid %d), subnet %s", self.switch, state.switch_pid, state.subnet
@@ -267,6 +273,7 @@ class LocalCloud:
             ["xorriso", "-as", "mkisofs", "-quiet", "-o", str(d / "seed.iso"), "-V", "cidata",
              "-J", "-r", str(d / "seed")],
             check=True,
+            capture_output=True,
         )  # fmt: skip
         vm.first_boot = 0.0
         vm.boots = 0

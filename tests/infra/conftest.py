@@ -38,6 +38,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="seconds a booted host's port may take to listen (a JVM under emulation: minutes)",
     )
     group.addoption(
+        "--stable-window",
+        type=float,
+        default=30.0,
+        help="seconds a booted host's units must stay running without a restart",
+    )
+    group.addoption(
         "--boot-contract",
         action="store_true",
         help="run the boot-contract test (rewrites the settings file: test hosts only)",
@@ -75,3 +81,8 @@ def image_prefix(request: pytest.FixtureRequest) -> str:
 @pytest.fixture(scope="session")
 def units(image: str) -> tuple[str, ...]:
     return topology.ROLES[image].units
+
+
+@pytest.fixture(scope="session")
+def stable_window(request: pytest.FixtureRequest) -> float:
+    return request.config.getoption("--stable-window")

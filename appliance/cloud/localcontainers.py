@@ -1,0 +1,515 @@
+"""The containers provider: the four images' playbooks converged into systemd containers.
+
+The cheap variant of the four-VM test, for CI. Each "VM" is a Debian 12 systemd container started
+from the role tests' prepared image (tests/infra: the base from systemd-image.sh with prepare.yml's
+common and docker roles applied), into which its image's playbook (images/ROLE/playbook.yml) is
+converged through the docker CLI, with the real container images that `make save` wrote. So each
+one runs the appliance's own units and its own dockerd (Docker in Docker), as a baked VM does. All
+four sit on one user-defined Docker network, ``NAME-net``, at the plan's fixed addresses.
+
+A create is the bake: converge, then power off (the units and the settings watch only start at the
+next boot, as on a VM). The first start is the instance's first boot: the plan's user-data is
+applied the way cloud-init's write_files module does it (apply_write_files) and appliance-env.path
+starts the units when /etc/appliance/appliance.env appears. A later start boots the same filesystem
+and the same /var/lib/docker volume. State lives in build/cloud-containers/state.json, each
+container's converge log and seed under build/cloud-containers/.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import json
+import logging
+import os
+import posixpath
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+
+from appliance.cloud import plan as plans
+from appliance.cloud import topology
+from appliance.cloud.localvm import HOST_NUMBER, check_subnet
+from appliance.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+SUBNET = "10.213.58.0/24"
+REPO = Path(__file__).resolve().parents[2]
+INFRA = REPO / "tests" / "infra"
+BASE_IMAGE = "appliance-test/debian-systemd:bookworm"
+PREPARED_REPOSITORY = "appliance-test/prepared"
+# What `make save` writes (consumers.tar.gz is the kafka image under its other name).
+TARBALLS = ("producer", "ml-server", "kafka", "consumers", "mongodb")
+IMAGE_PREFIX = "appliance"
+# Inner Docker storage. /var/lib/docker is an anonymous volume on the host's ext4, not on the
+# container's own overlay, so overlay2 stacks fine there (found on Docker 20.10, kernel 6.1: the
+# 1.6 GB ml-server image loads once, where vfs copies it once per layer). vfs is the fallback for a
+# host where dockerd cannot start on overlay2 inside.
+STORAGE_DRIVERS = ("overlay2", "vfs")
+# A container without systemd up after this long is broken.
+SYSTEMD_TIMEOUT = 120
+CONVERGE_TIMEOUT = 1800
+
+# Memory limits (MiB) of the systemd containers, their inner containers included (the inner
+# dockerd's cgroup parent is the outer container's cgroup): 8 GiB for all four. TensorFlow and the
+# model take about 1.5 GiB; the broker's JVM (heap up to 1 GiB) and two consumers next.
+MEMORY_MIB = {"mongodb": 1024, "ml-server": 3072, "kafka": 3072, "producer": 1024}
+
+
+@dataclass
+class Container:
+    role: str
+    name: str  # the container's name and host name: NAME-ROLE
+    address: str
+    memory_mib: int
+    converge_s: float = 0.0
+    first_boot: float = 0.0
+    boots: int = 0
+
+
+@dataclass
+class State:
+    name: str
+    subnet: str
+    network: str
+    image: str  # the prepared image every container starts from
+    storage_driver: str  # the inner dockerd's
+    containers_dir: str  # the `make save` tarballs the playbooks load
+    containers: dict[str, Container] = field(default_factory=dict)
+
+
+class DockerError(RuntimeError):
+    pass
+
+
+def docker(
+    *args: str, timeout: float = 300, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """``docker ARGS``; a failure raises with docker's own message."""
+    result = subprocess.run(
+        ["docker", *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if check and result.returncode:
+        raise DockerError(f"docker {' '.join(args[:3])}: {result.stderr.strip()[-400:]}")
+    return result
+
+
+def pyproject_version() -> str:
+    with (REPO / "pyproject.toml").open("rb") as f:
+        return tomllib.load(f)["project"]["version"]
+
+
+def check_tarballs(containers_dir: Path) -> Path:
+    missing = [t for t in TARBALLS if not (containers_dir / f"{t}.tar.gz").is_file()]
+    if missing:
+        raise ConfigError(
+            f"no container image tarball for {', '.join(missing)} in {containers_dir}: "
+            "run `make containers save`"
+        )
+    return containers_dir.resolve()
+
+
+def cgroup_of(name: str) -> str:
+    """A container's cgroup on this host, for its inner dockerd's cgroup parent: the inner
+    containers then count against the outer one's memory limit. Under --cgroupns=host the inner
+    dockerd would otherwise put them in the host's /docker, outside any limit."""
+    ident = docker("container", "inspect", "--format", "{{.Id}}", name).stdout.strip()
+    if docker("info", "--format", "{{.CgroupDriver}}").stdout.strip() == "systemd":
+        return f"/system.slice/docker-{ident}.scope"
+    return f"/docker/{ident}"
+
+
+# -- cloud-init's write_files ------------------------------------------------------------------
+
+
+def decode_content(entry: dict) -> bytes:
+    """An entry's content, decoded as cloud-init does (encoding b64, gz, or gz+b64)."""
+    content = entry.get("content", "")
+    data = content.encode() if isinstance(content, str) else bytes(content)
+    encoding = str(entry.get("encoding", "text")).lower()
+    if encoding in ("b64", "base64", "gz+b64", "gzip+base64", "gz+base64", "gzip+b64"):
+        data = base64.b64decode(data)
+    if encoding in ("gz", "gzip", "gz+b64", "gzip+base64", "gz+base64", "gzip+b64"):
+        data = gzip.decompress(data)
+    elif encoding not in ("text", "text/plain", "b64", "base64"):
+        raise ConfigError(f"write_files {entry.get('path')}: unknown encoding {encoding!r}")
+    return data
+
+
+def write_file_command(entry: dict) -> str:
+    """One shell command that writes one write_files entry, as root.
+
+    The content travels base64-encoded, so any byte (quotes, ``$``, newlines) arrives as is. It is
+    written beside the target and renamed onto it, with its mode and owner already set: a watcher
+    (appliance-env.path) never sees a half-written file or one with the wrong mode.
+    """
+    path = entry.get("path")
+    if not path or not str(path).startswith("/"):
+        raise ConfigError(f"write_files: an entry needs an absolute path, not {path!r}")
+    path = str(path)
+    # cloud-init's defaults: root:root, 0644; an unquoted YAML 0600 arrives as the int 384.
+    permissions = entry.get("permissions", "0644")
+    mode = permissions if isinstance(permissions, int) else int(str(permissions), 8)
+    user, _, group = str(entry.get("owner", "root:root")).partition(":")
+    group = group or user
+    payload = base64.b64encode(decode_content(entry)).decode()
+    directory = posixpath.dirname(path)
+    target = shlex.quote(path)
+    owner = shlex.quote(f"{user}:{group}")
+    steps = [
+        "set -e",
+        f"mkdir -p {shlex.quote(directory)}",
+        f"tmp=$(mktemp {shlex.quote(posixpath.join(directory, '.write_files.XXXXXX'))})",
+        f'printf %s {shlex.quote(payload)} | base64 -d >"$tmp"',
+        f'chown {owner} "$tmp"',
+        f'chmod {mode:04o} "$tmp"',
+    ]
+    if entry.get("append"):
+        # cloud-init appends to the existing file and still sets its mode and owner.
+        steps += [f'cat "$tmp" >>{target}', 'rm -f "$tmp"', f"chown {owner} {target}",
+                  f"chmod {mode:04o} {target}"]  # fmt: skip
+    else:
+        steps.append(f'mv -f "$tmp" {target}')
+    return "; ".join(steps)
+
+
+def apply_write_files(user_data: str, run: Callable[[str], object]) -> list[str]:
+    """Write each of the user-data's write_files entries through ``run`` (a root shell command,
+    raising when it fails); returns the paths written, in order.
+
+    ``defer`` makes no difference here: every file is written after the boot's units exist.
+    """
+    document = yaml.safe_load(user_data) or {}
+    if not isinstance(document, dict):
+        raise ConfigError("user-data is not a #cloud-config mapping")
+    written = []
+    for entry in document.get("write_files") or []:
+        run(write_file_command(entry))
+        written.append(str(entry["path"]))
+    return written
+
+
+# -- the provider ------------------------------------------------------------------------------
+
+
+class ContainerCloud:
+    """Create, boot and reach the systemd containers of one deployment; its state is a JSON file."""
+
+    def __init__(self, root: Path = Path("build/cloud-containers")) -> None:
+        self.root = root
+        self.state_file = root / "state.json"
+        self.logs = root / "logs"
+        self.out = sys.stdout
+
+    # -- state -------------------------------------------------------------------------------
+
+    def load(self) -> State | None:
+        if not self.state_file.is_file():
+            return None
+        data = json.loads(self.state_file.read_text())
+        containers = {role: Container(**c) for role, c in data.pop("containers").items()}
+        return State(**data, containers=containers)
+
+    def save(self, state: State) -> None:
+        self.state_file.write_text(json.dumps(asdict(state), indent=2) + "\n")
+
+    def require(self) -> State:
+        state = self.load()
+        if state is None:
+            raise ConfigError(
+                f"no local cloud under {self.root}: run `appliance cloud --provider containers up`"
+            )
+        return state
+
+    def say(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+    # -- plan --------------------------------------------------------------------------------
+
+    def prepare(
+        self, name: str, subnet: str, containers_dir: Path = Path("build/containers")
+    ) -> State:
+        """The deployment's state: loaded, or new (addresses, the prepared image, the network)."""
+        tarballs = check_tarballs(containers_dir)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.logs.mkdir(exist_ok=True)
+        state = self.load() or self.new_state(name, subnet, tarballs)
+        if docker("image", "inspect", state.image, check=False).returncode:
+            state.image, state.storage_driver = self.ensure_prepared()
+        state.containers_dir = str(tarballs)
+        self.ensure_network(state)
+        self.save(state)
+        return state
+
+    def new_state(self, name: str, subnet: str, containers_dir: Path) -> State:
+        net = check_subnet(subnet)
+        image, driver = self.ensure_prepared()
+        state = State(name, str(net), f"{name}-net", image, driver, str(containers_dir))
+        for role in topology.DEPLOY_ORDER:
+            state.containers[role] = Container(
+                role=role,
+                name=f"{name}-{role}",
+                address=str(net.network_address + HOST_NUMBER[role]),
+                memory_mib=MEMORY_MIB[role],
+            )
+        return state
+
+    def plan(self, state: State, **options: object) -> plans.Plan:
+        # No static NIC and no SSH keys: Docker gives each container its address, docker exec
+        # reaches it.
+        return plans.make_plan(
+            state.name,
+            {role: c.address for role, c in state.containers.items()},
+            **options,  # type: ignore[arg-type]
+        )
+
+    # -- images and network ------------------------------------------------------------------
+
+    def prepared_key(self) -> str:
+        """What the prepared image is made of: the common and docker roles, prepare.yml, vars.yml
+        and the base image (run.sh's cache key's inputs; the tag says the storage driver)."""
+        digest = hashlib.sha256()
+        files = sorted(
+            p
+            for role in ("common", "docker")
+            for p in (REPO / "roles" / role).rglob("*")
+            if p.is_file()
+        )
+        for path in [*files, INFRA / "prepare.yml", INFRA / "vars.yml"]:
+            digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes())
+        base_id = docker("image", "inspect", "--format", "{{.Id}}", BASE_IMAGE).stdout.strip()
+        digest.update(base_id.encode())
+        return digest.hexdigest()[:12]
+
+    def ensure_prepared(self) -> tuple[str, str]:
+        """The prepared image (made once and kept, like run.sh's) and its inner storage driver."""
+        subprocess.run([str(INFRA / "systemd-image.sh"), BASE_IMAGE], check=True,
+                       stdout=subprocess.DEVNULL)  # fmt: skip
+        key = self.prepared_key()
+        tags = {d: f"{PREPARED_REPOSITORY}:containers-{d}-{key}" for d in STORAGE_DRIVERS}
+        for driver, tag in tags.items():
+            if docker("image", "inspect", tag, check=False).returncode == 0:
+                return tag, driver
+        for driver, tag in tags.items():
+            if self.build_prepared(tag, driver):
+                return tag, driver
+        raise DockerError(f"could not prepare {PREPARED_REPOSITORY}: see {self.logs}/prepare-*.log")
+
+    def build_prepared(self, tag: str, driver: str) -> bool:
+        """prepare.yml (common + docker roles) on the bare base, committed; False when the inner
+        dockerd does not run on ``driver``."""
+        name = "appliance-containers-prepare"
+        logfile = self.logs / f"prepare-{driver}.log"
+        self.say(f"prepared image: common + docker roles, inner storage {driver} (log {logfile})")
+        start = time.monotonic()
+        try:
+            self.run_systemd(name, BASE_IMAGE, [])
+            ok = self.converge(name, INFRA / "prepare.yml", logfile, driver, {})
+            actual = docker("exec", name, "docker", "info", "--format", "{{.Driver}}",
+                            check=False).stdout.strip()  # fmt: skip
+            if actual != driver:
+                self.say(f"prepared image: dockerd does not run on {driver} inside ({actual!r})")
+                return False
+            if not ok:
+                tail = "\n".join(logfile.read_text().splitlines()[-15:])
+                raise DockerError(f"prepare.yml failed (log {logfile}):\n{tail}")
+            docker("commit", name, tag)
+        finally:
+            docker("rm", "-f", "-v", name, check=False)
+        self.say(f"prepared image {tag} in {time.monotonic() - start:.0f} s")
+        return True
+
+    def ensure_network(self, state: State) -> None:
+        if docker("network", "inspect", state.network, check=False).returncode == 0:
+            return
+        docker("network", "create", "--driver", "bridge", "--subnet", state.subnet,
+               state.network)  # fmt: skip
+
+    # -- containers --------------------------------------------------------------------------
+
+    def run_systemd(self, name: str, image: str, options: list[str]) -> None:
+        """A systemd container (tests/infra/run.sh's run_container options), up."""
+        docker("rm", "-f", "-v", name, check=False)
+        docker(
+            "run", "-d", "--name", name, "--hostname", name,
+            "--cap-add", "SYS_ADMIN", "--cap-add", "NET_ADMIN",
+            "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined",
+            "--cgroupns=host", "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw",
+            "--tmpfs", "/run", "--tmpfs", "/run/lock", "--tmpfs", "/tmp",
+            # The inner dockerd's storage: a volume on the host's file system, kept across boots.
+            "-v", "/var/lib/docker",
+            # systemd halts on SIGRTMIN+3; SIGTERM (docker's default) only makes it re-execute.
+            "--stop-signal", "SIGRTMIN+3",
+            *options, image,
+        )  # fmt: skip
+        self.wait_systemd(name)
+
+    def wait_systemd(self, name: str) -> None:
+        deadline = time.monotonic() + SYSTEMD_TIMEOUT
+        state = ""
+        while time.monotonic() < deadline:
+            state = docker("exec", name, "systemctl", "is-system-running", check=False).stdout
+            if state.strip() in ("running", "degraded"):
+                return
+            time.sleep(1)
+        raise DockerError(f"{name}: systemd did not come up in {SYSTEMD_TIMEOUT} s ({state!r})")
+
+    def converge(
+        self, name: str, playbook: Path, logfile: Path, driver: str, extra: dict[str, object]
+    ) -> bool:
+        """ansible-playbook over the docker CLI (tests/infra/connection_plugins), as run.sh."""
+        ansible = Path(sys.executable).parent / "ansible-playbook"
+        if not ansible.exists():
+            raise ConfigError(f"{ansible} is missing: make infra-venv")
+        env = {
+            **os.environ,
+            "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
+            "ANSIBLE_CONNECTION_PLUGINS": str(INFRA / "connection_plugins"),
+            "ANSIBLE_NOCOLOR": "1",
+            "PATH": f"{ansible.parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+        variables = {
+            "appliance_image_prefix": IMAGE_PREFIX,
+            "appliance_version": pyproject_version(),
+            "docker_storage_driver": driver,
+            # sysprep readies a disk for snapshotting (machine-id, host keys, apt lists gone);
+            # here the converged container itself boots, so there is nothing to snapshot.
+            "appliance_sysprep": False,
+            **extra,
+        }
+        with logfile.open("w") as f:
+            result = subprocess.run(
+                [str(ansible), "-i", f"{name},", "-c", "docker_cli",
+                 "-e", f"@{INFRA / 'vars.yml'}", "-e", json.dumps(variables), str(playbook)],
+                cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT, timeout=CONVERGE_TIMEOUT,
+                check=False,
+            )  # fmt: skip
+        return result.returncode == 0
+
+    def exists(self, state: State, role: str) -> bool:
+        name = state.containers[role].name
+        return docker("container", "inspect", name, check=False).returncode == 0
+
+    def running(self, state: State, role: str) -> bool:
+        name = state.containers[role].name
+        result = docker("container", "inspect", "--format", "{{.State.Running}}", name,
+                        check=False)  # fmt: skip
+        return result.stdout.strip() == "true"
+
+    def seed(self, role: str) -> Path:
+        return self.root / role / "user-data"
+
+    def create(self, state: State, boot: plans.Boot) -> None:
+        """The bake: a systemd container converged with the image's playbook, powered off, and
+        the plan's user-data kept for its first boot."""
+        ctr = state.containers[boot.role]
+        self.ensure_network(state)
+        start = time.monotonic()
+        options = ["--network", state.network, "--ip", ctr.address, "--memory",
+                   f"{ctr.memory_mib}m", "--memory-swap", f"{ctr.memory_mib}m"]  # fmt: skip
+        self.run_systemd(ctr.name, state.image, options)
+        logfile = self.logs / f"{boot.role}-converge.log"
+        self.say(f"{boot.role}: converging images/{boot.role}/playbook.yml into {ctr.name} "
+                 f"(log {logfile})")  # fmt: skip
+        extra = {
+            "appliance_containers_dir": state.containers_dir,
+            "docker_daemon_options": {"cgroup-parent": cgroup_of(ctr.name)},
+        }
+        if not self.converge(ctr.name, REPO / "images" / boot.role / "playbook.yml", logfile,
+                             state.storage_driver, extra):  # fmt: skip
+            tail = "\n".join(logfile.read_text().splitlines()[-15:])
+            raise DockerError(f"{boot.role}: the playbook failed (log {logfile}):\n{tail}")
+        ctr.converge_s = time.monotonic() - start
+        self.say(f"{boot.role}: converged in {ctr.converge_s:.0f} s")
+        docker("stop", "-t", "60", ctr.name, timeout=120)
+        seed = self.seed(boot.role)
+        seed.parent.mkdir(parents=True, exist_ok=True)
+        seed.write_text(boot.user_data)
+        seed.chmod(0o600)
+        ctr.first_boot = 0.0
+        ctr.boots = 0
+        self.save(state)
+
+    def start(self, state: State, role: str) -> None:
+        """Boot the container from its filesystem; on its first boot, write the user-data's files
+        as cloud-init would (its settings: the units start when they appear)."""
+        ctr = state.containers[role]
+        if not self.running(state, role):
+            docker("start", ctr.name)
+        self.wait_systemd(ctr.name)
+        ctr.boots += 1
+        if not ctr.first_boot:
+            written = apply_write_files(self.seed(role).read_text(),
+                                        lambda command: self.checked(role, command))  # fmt: skip
+            ctr.first_boot = time.time()
+            self.say(f"{role}: first boot, wrote {', '.join(written)} (cloud-init's write_files)")
+        self.save(state)
+
+    def checked(self, role: str, command: str) -> subprocess.CompletedProcess[str]:
+        result = self.run(role, command, timeout=60, check=False)
+        if result.returncode:
+            raise DockerError(f"{role}: {command[:80]}...: {result.stderr.strip()[-400:]}")
+        return result
+
+    def crash(self, state: State, role: str) -> None:
+        """Pull the plug: SIGKILL to the container's init, no shutdown."""
+        if self.running(state, role):
+            docker("kill", state.containers[role].name)
+
+    def shutdown(self, state: State, role: str, timeout: float = 300) -> None:
+        """A clean power-off (systemd halts); killed if it takes longer than ``timeout``."""
+        if self.running(state, role):
+            docker("stop", "-t", str(int(timeout)), state.containers[role].name,
+                   timeout=timeout + 60)  # fmt: skip
+
+    def run(
+        self, role: str, command: str, timeout: float = 120, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        """``command`` as root in the container."""
+        return subprocess.run(
+            ["docker", "exec", self.require().containers[role].name, "sh", "-c", command],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=check,
+        )
+
+    def testinfra_host(self, role: str) -> tuple[str, dict[str, object]]:
+        """What testinfra.get_host takes for this container."""
+        return f"docker://{self.require().containers[role].name}", {}
+
+    def mongodb_uri(self, state: State) -> str:
+        """MongoDB in the mongodb container, from this machine: its address on the network."""
+        address = state.containers["mongodb"].address
+        return f"mongodb://{address}:{topology.MONGODB_PORT}/?directConnection=true"
+
+    def describe(self, state: State) -> list[str]:
+        lines = [
+            f"local cloud {state.name}: systemd containers on Docker network {state.network} "
+            f"({state.subnet}), from {state.image}, inner storage {state.storage_driver}"
+        ]
+        for role, ctr in state.containers.items():
+            up = "running" if self.running(state, role) else "off"
+            lines.append(
+                f"  {role:9} {up:7} {ctr.address:13} {ctr.memory_mib} MiB  docker exec -it "
+                f"{ctr.name} bash  converged in {ctr.converge_s:.0f} s, boots {ctr.boots}"
+            )
+        return lines
+
+    def down(self) -> None:
+        state = self.load()
+        if state is not None:
+            for ctr in state.containers.values():
+                docker("rm", "-f", "-v", ctr.name, check=False, timeout=120)
+            docker("network", "rm", state.network, check=False)
+        shutil.rmtree(self.root, ignore_errors=True)
