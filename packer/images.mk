@@ -96,7 +96,7 @@ CLOUD_RATE ?= 1
 CLOUD_COUNT ?= 200
 CLOUD_PROVIDER ?= vm
 LOCAL_CLOUD := $(BIN)/appliance cloud --provider $(CLOUD_PROVIDER)
-cloud-up: infra-venv host-tools ## Boot the four newest bakes as VMs on one private network, in order, until healthy.
+cloud-up: infra-venv $(if $(filter vm,$(CLOUD_PROVIDER)),host-tools) ## Boot the four newest bakes as VMs on one private network, in order, until healthy.
 	$(if $(filter containers,$(CLOUD_PROVIDER)),$(MAKE) --no-print-directory save)
 	$(LOCAL_CLOUD) up --set-for producer:PRODUCER_RATE=$(CLOUD_RATE)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import signal
 import threading
@@ -122,3 +123,80 @@ def test_sigkill_mid_run_loses_and_duplicates_nothing(
     docs = list(collection.find({}, {"image": 1}))
     assert len(docs) == len(samples)
     assert len({bytes(d["image"]) for d in docs}) == len(samples)
+
+
+class Relay:
+    """A TCP relay on a loopback port to the real MongoDB-protocol server, switched on later:
+    MongoDB "arriving" at the address the consumer was given, as a late peer VM does."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        import socket
+
+        self.target = target
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]  # nothing listens here until start()
+
+    def start(self) -> None:
+        self.listener.listen(16)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src, dst) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_mongodb_late_at_start_is_waited_for_by_address_then_caught_up(
+    settings, consumers, collection, cifar_test_samples
+):
+    """Booted before its database: the consumer stays up, names the peer, and loses nothing."""
+    from pymongo.uri_parser import parse_uri
+
+    (host, port), *_ = parse_uri(settings.mongodb_uri)["nodelist"]
+    relay = Relay((host, port))
+    try:
+        late = dataclasses.replace(settings, mongodb_uri=f"mongodb://127.0.0.1:{relay.port}")
+        db = consumers("consume-db", late)
+        samples = cifar_test_samples[300:400]
+        counts = producer.produce(settings, samples, devices=2, rate=0, progress=False)
+        assert counts.acknowledged == 100
+        wait_for(
+            lambda: f"waiting for MongoDB at 127.0.0.1:{relay.port}" in db.log(),
+            60,
+            "the consumer to name the peer it waits for",
+            on_timeout=db.log,
+        )
+        time.sleep(3)
+        assert db.alive and collection.count_documents({}) == 0
+        relay.start()
+        wait_for(
+            lambda: collection.count_documents({}) >= 100, 120, "100 documents", on_timeout=db.log
+        )
+        assert f"MongoDB at 127.0.0.1:{relay.port} answered" in db.log()
+        assert collection.count_documents({}) == 100 and db.alive
+    finally:
+        relay.close()
