@@ -26,8 +26,10 @@ from appliance.cloud import topology, userdata
 from appliance.config import ConfigError
 
 WAITS = ("none", "booted", "healthy")
-# Each provider's private network by default: two can run side by side.
+# Each provider's private network and deployment name by default: both can run side by side, and
+# the containers never take the names of `make up`'s (appliance-ROLE).
 SUBNETS = {"vm": "10.213.57.0/24", "containers": "10.213.58.0/24"}
+NAMES = {"vm": "appliance", "containers": "appliance-cluster"}
 
 
 class Provider(Protocol):
@@ -158,7 +160,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", type=Path, help="state folder (default build/cloud[-containers])")
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     up = sub.add_parser("up", help="create and boot the four, in the topology's order")
-    up.add_argument("--name", default="appliance", help="deployment name (host names NAME-ROLE)")
+    up.add_argument("--name", help=f"deployment name, host names NAME-ROLE (default: {NAMES})")
     up.add_argument("--subnet", help=f"the private network (default: {SUBNETS})")
     up.add_argument(
         "--first",
@@ -212,7 +214,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"removed the local cloud under {cloud.root}")
         return 0
     if args.action == "up":
-        state = cloud.prepare(args.name, args.subnet or SUBNETS[args.provider])
+        name = args.name or NAMES[args.provider]
+        state = cloud.prepare(name, args.subnet or SUBNETS[args.provider])
         plan = cloud.plan(
             state,
             roles=plans.order(tuple(args.first)),

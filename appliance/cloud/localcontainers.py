@@ -21,7 +21,6 @@ import base64
 import gzip
 import hashlib
 import json
-import logging
 import os
 import posixpath
 import shlex
@@ -41,8 +40,7 @@ from appliance.cloud import topology
 from appliance.cloud.localvm import HOST_NUMBER, check_subnet
 from appliance.config import ConfigError
 
-log = logging.getLogger(__name__)
-
+# This provider's private network by default (the VM provider's is 10.213.57.0/24).
 SUBNET = "10.213.58.0/24"
 REPO = Path(__file__).resolve().parents[2]
 INFRA = REPO / "tests" / "infra"
@@ -52,9 +50,10 @@ PREPARED_REPOSITORY = "appliance-test/prepared"
 TARBALLS = ("producer", "ml-server", "kafka", "consumers", "mongodb")
 IMAGE_PREFIX = "appliance"
 # Inner Docker storage. /var/lib/docker is an anonymous volume on the host's ext4, not on the
-# container's own overlay, so overlay2 stacks fine there (found on Docker 20.10, kernel 6.1: the
-# 1.6 GB ml-server image loads once, where vfs copies it once per layer). vfs is the fallback for a
-# host where dockerd cannot start on overlay2 inside.
+# container's own overlay, so the inner dockerd runs on overlay2 there (found with Docker 20.10 on
+# ext4: all four images load and run; the ml-server converge, 1.6 GB image included, takes about
+# 2 min on 2 cores), where vars.yml's vfs would copy each image once per layer. vfs stays the
+# fallback for a host where the inner dockerd cannot start on overlay2.
 STORAGE_DRIVERS = ("overlay2", "vfs")
 # A container without systemd up after this long is broken.
 SYSTEMD_TIMEOUT = 120
@@ -338,11 +337,14 @@ class ContainerCloud:
     # -- containers --------------------------------------------------------------------------
 
     def run_systemd(self, name: str, image: str, options: list[str]) -> None:
-        """A systemd container (tests/infra/run.sh's run_container options), up."""
+        """A systemd container (tests/infra/run.sh's run_container options, and more), up."""
         docker("rm", "-f", "-v", name, check=False)
         docker(
             "run", "-d", "--name", name, "--hostname", name,
             "--cap-add", "SYS_ADMIN", "--cap-add", "NET_ADMIN",
+            # docker exec into an inner container that runs as a user (mongodb's health check)
+            # opens that process's /proc/PID/ns/*: without SYS_PTRACE, "error executing setns".
+            "--cap-add", "SYS_PTRACE",
             "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined",
             "--cgroupns=host", "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw",
             "--tmpfs", "/run", "--tmpfs", "/run/lock", "--tmpfs", "/tmp",

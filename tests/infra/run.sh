@@ -65,7 +65,7 @@ fi
 run_container() { # NAME IMAGE
   docker rm -f -v "$1" >/dev/null 2>&1 || true
   docker run -d --name "$1" --hostname "$1" \
-    --cap-add SYS_ADMIN --cap-add NET_ADMIN --security-opt seccomp=unconfined \
+    --cap-add SYS_ADMIN --cap-add NET_ADMIN --cap-add SYS_PTRACE --security-opt seccomp=unconfined \
     --security-opt apparmor=unconfined --cgroupns=host -v /sys/fs/cgroup:/sys/fs/cgroup:rw \
     --tmpfs /run --tmpfs /run/lock --tmpfs /tmp -v /var/lib/docker "$2" >/dev/null
   containers+=("$1")
