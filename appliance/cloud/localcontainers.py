@@ -17,27 +17,21 @@ container's converge log and seed under build/cloud-containers/.
 
 from __future__ import annotations
 
-import base64
-import gzip
 import hashlib
 import json
 import os
-import posixpath
-import shlex
 import shutil
 import subprocess
 import sys
 import time
 import tomllib
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-
-import yaml
 
 from appliance.cloud import plan as plans
 from appliance.cloud import topology
 from appliance.cloud.localvm import HOST_NUMBER, check_subnet
+from appliance.cloud.writefiles import apply_write_files
 from appliance.config import ConfigError
 
 # This provider's private network by default (the VM provider's is 10.213.57.0/24).
@@ -126,76 +120,6 @@ def cgroup_of(name: str) -> str:
     if docker("info", "--format", "{{.CgroupDriver}}").stdout.strip() == "systemd":
         return f"/system.slice/docker-{ident}.scope"
     return f"/docker/{ident}"
-
-
-# -- cloud-init's write_files ------------------------------------------------------------------
-
-
-def decode_content(entry: dict) -> bytes:
-    """An entry's content, decoded as cloud-init does (encoding b64, gz, or gz+b64)."""
-    content = entry.get("content", "")
-    data = content.encode() if isinstance(content, str) else bytes(content)
-    encoding = str(entry.get("encoding", "text")).lower()
-    if encoding in ("b64", "base64", "gz+b64", "gzip+base64", "gz+base64", "gzip+b64"):
-        data = base64.b64decode(data)
-    if encoding in ("gz", "gzip", "gz+b64", "gzip+base64", "gz+base64", "gzip+b64"):
-        data = gzip.decompress(data)
-    elif encoding not in ("text", "text/plain", "b64", "base64"):
-        raise ConfigError(f"write_files {entry.get('path')}: unknown encoding {encoding!r}")
-    return data
-
-
-def write_file_command(entry: dict) -> str:
-    """One shell command that writes one write_files entry, as root.
-
-    The content travels base64-encoded, so any byte (quotes, ``$``, newlines) arrives as is. It is
-    written beside the target and renamed onto it, with its mode and owner already set: a watcher
-    (appliance-env.path) never sees a half-written file or one with the wrong mode.
-    """
-    path = entry.get("path")
-    if not path or not str(path).startswith("/"):
-        raise ConfigError(f"write_files: an entry needs an absolute path, not {path!r}")
-    path = str(path)
-    # cloud-init's defaults: root:root, 0644; an unquoted YAML 0600 arrives as the int 384.
-    permissions = entry.get("permissions", "0644")
-    mode = permissions if isinstance(permissions, int) else int(str(permissions), 8)
-    user, _, group = str(entry.get("owner", "root:root")).partition(":")
-    group = group or user
-    payload = base64.b64encode(decode_content(entry)).decode()
-    directory = posixpath.dirname(path)
-    target = shlex.quote(path)
-    owner = shlex.quote(f"{user}:{group}")
-    steps = [
-        "set -e",
-        f"mkdir -p {shlex.quote(directory)}",
-        f"tmp=$(mktemp {shlex.quote(posixpath.join(directory, '.write_files.XXXXXX'))})",
-        f'printf %s {shlex.quote(payload)} | base64 -d >"$tmp"',
-        f'chown {owner} "$tmp"',
-        f'chmod {mode:04o} "$tmp"',
-    ]
-    if entry.get("append"):
-        # cloud-init appends to the existing file and still sets its mode and owner.
-        steps += [f'cat "$tmp" >>{target}', 'rm -f "$tmp"', f"chown {owner} {target}",
-                  f"chmod {mode:04o} {target}"]  # fmt: skip
-    else:
-        steps.append(f'mv -f "$tmp" {target}')
-    return "; ".join(steps)
-
-
-def apply_write_files(user_data: str, run: Callable[[str], object]) -> list[str]:
-    """Write each of the user-data's write_files entries through ``run`` (a root shell command,
-    raising when it fails); returns the paths written, in order.
-
-    ``defer`` makes no difference here: every file is written after the boot's units exist.
-    """
-    document = yaml.safe_load(user_data) or {}
-    if not isinstance(document, dict):
-        raise ConfigError("user-data is not a #cloud-config mapping")
-    written = []
-    for entry in document.get("write_files") or []:
-        run(write_file_command(entry))
-        written.append(str(entry["path"]))
-    return written
 
 
 # -- the provider ------------------------------------------------------------------------------

@@ -5,14 +5,13 @@ unit, wait for a port, succeed or fail. A Machine is one image's host in a local
 
 from __future__ import annotations
 
-import base64
 import re
-import shlex
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from appliance.cloud.local import Provider, healthy
+from appliance.cloud.writefiles import write_file_command
 
 SENT = re.compile(r"^sent (\d+), acknowledged (\d+), failed (\d+)$", re.MULTILINE)
 
@@ -103,13 +102,9 @@ class Machine:
         return self.succeed(f"journalctl --no-pager -o cat{boot} -u {unit}", 60)
 
     def write_file(self, path: str, content: str, mode: str = "0600", owner: str = "root") -> None:
-        """In place, as cloud-init's write_files does (appliance-env.path sees the change)."""
-        data = base64.b64encode(content.encode()).decode()
-        tmp = f"{path}.new"
-        self.succeed(
-            f"echo {data} | base64 -d > {shlex.quote(tmp)} && install -m {mode} -o {owner} "
-            f"-g {owner} {shlex.quote(tmp)} {shlex.quote(path)} && rm -f {shlex.quote(tmp)}"
-        )
+        """As cloud-init's write_files does (appliance-env.path sees the change)."""
+        entry = {"path": path, "content": content, "permissions": mode, "owner": owner}
+        self.succeed(write_file_command(entry))
 
     # -- power -------------------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ yaml = pytest.importorskip("yaml", reason="PyYAML comes with the cloud/infra ext
 from appliance.cloud import localcontainers as lc  # noqa: E402
 from appliance.cloud import plan as plans  # noqa: E402
 from appliance.cloud import topology  # noqa: E402
+from appliance.cloud.writefiles import apply_write_files  # noqa: E402
 from appliance.config import ConfigError  # noqa: E402
 
 ADDRESSES = {"mongodb": "10.9.8.10", "ml-server": "10.9.8.11", "kafka": "10.9.8.12",
@@ -61,7 +62,7 @@ def test_the_plans_settings_file_is_written_with_its_mode_owner_and_content() ->
     entry = yaml.safe_load(boot.user_data)["write_files"][0]
     run = Recorder()
 
-    written = lc.apply_write_files(boot.user_data, run)
+    written = apply_write_files(boot.user_data, run)
 
     assert written == [topology.ENV_FILE]
     (command,) = run.commands
@@ -78,7 +79,7 @@ def test_quotes_and_dollars_survive_a_real_shell(tmp_path: Path) -> None:
         {"path": str(target), "content": TRICKY, "permissions": "0640", "owner": f"{user}:{group}"}
     )
     run = Recorder()
-    lc.apply_write_files(data, run)
+    apply_write_files(data, run)
     (command,) = run.commands
     assert "'" not in command.split("printf %s ")[1].split(" |")[0], "content must travel encoded"
 
@@ -97,7 +98,7 @@ def test_rewriting_a_file_replaces_it_whole(tmp_path: Path) -> None:
     target = tmp_path / "appliance.env"
     target.write_text("OLD=1\n" * 100)
     run = Recorder()
-    lc.apply_write_files(
+    apply_write_files(
         user_data({"path": str(target), "content": "NEW=2\n", "owner": f"{user}:{group}"}), run
     )
     subprocess.run(["sh", "-c", run.commands[0]], check=True)
@@ -112,7 +113,7 @@ def test_append_keeps_what_was_there(tmp_path: Path) -> None:
     run = Recorder()
     entry = {"path": str(target), "content": "second $x\n", "append": True, "permissions": "0600",
              "owner": f"{user}:{group}"}  # fmt: skip
-    lc.apply_write_files(user_data(entry), run)
+    apply_write_files(user_data(entry), run)
     subprocess.run(["sh", "-c", run.commands[0]], check=True)
     assert target.read_text() == "first\nsecond $x\n"
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
@@ -120,7 +121,7 @@ def test_append_keeps_what_was_there(tmp_path: Path) -> None:
 
 def test_defaults_are_cloud_inits_root_root_0644() -> None:
     run = Recorder()
-    lc.apply_write_files(user_data({"path": "/etc/motd", "content": "hi\n"}), run)
+    apply_write_files(user_data({"path": "/etc/motd", "content": "hi\n"}), run)
     assert "chown root:root " in run.commands[0]
     assert "chmod 0644 " in run.commands[0]
 
@@ -128,7 +129,7 @@ def test_defaults_are_cloud_inits_root_root_0644() -> None:
 def test_an_owner_without_group_uses_the_users_group_and_int_permissions_are_octal() -> None:
     run = Recorder()
     # An unquoted YAML 0600 is the integer 384.
-    lc.apply_write_files("#cloud-config\nwrite_files:\n- {path: /a, owner: app, permissions: 0600}",
+    apply_write_files("#cloud-config\nwrite_files:\n- {path: /a, owner: app, permissions: 0600}",
                          run)  # fmt: skip
     assert "chown app:app " in run.commands[0]
     assert "chmod 0600 " in run.commands[0]
@@ -150,7 +151,7 @@ def test_encoded_content_is_decoded(encoding: str, encode) -> None:
     else:
         content = encode(raw).decode()
     run = Recorder()
-    lc.apply_write_files(user_data({"path": "/x", "content": content, "encoding": encoding}), run)
+    apply_write_files(user_data({"path": "/x", "content": content, "encoding": encoding}), run)
     assert payload(run.commands[0]) == raw
 
 
@@ -158,23 +159,23 @@ def test_several_files_in_order_and_a_failure_stops() -> None:
     data = user_data({"path": "/a", "content": "1"}, {"path": "/b", "content": "2"},
                      {"path": "/c", "content": "3"})  # fmt: skip
     run = Recorder()
-    assert lc.apply_write_files(data, run) == ["/a", "/b", "/c"]
+    assert apply_write_files(data, run) == ["/a", "/b", "/c"]
     assert [payload(c) for c in run.commands] == [b"1", b"2", b"3"]
 
     failing = Recorder(fail_at=2)
     with pytest.raises(RuntimeError):
-        lc.apply_write_files(data, failing)
+        apply_write_files(data, failing)
     assert len(failing.commands) == 2
 
 
 def test_no_write_files_writes_nothing_and_bad_entries_are_refused() -> None:
     run = Recorder()
-    assert lc.apply_write_files("#cloud-config\nhostname: x\n", run) == []
+    assert apply_write_files("#cloud-config\nhostname: x\n", run) == []
     assert run.commands == []
     with pytest.raises(ConfigError, match="absolute path"):
-        lc.apply_write_files(user_data({"path": "relative/file", "content": "x"}), run)
+        apply_write_files(user_data({"path": "relative/file", "content": "x"}), run)
     with pytest.raises(ConfigError, match="encoding"):
-        lc.apply_write_files(user_data({"path": "/x", "content": "x", "encoding": "zstd"}), run)
+        apply_write_files(user_data({"path": "/x", "content": "x", "encoding": "zstd"}), run)
 
 
 def state(root: Path) -> lc.State:
