@@ -256,7 +256,7 @@ class LocalCloud:
         """A fresh overlay of the bake and a NoCloud seed with the plan's user-data."""
         vm = state.vms[boot.role]
         d = self.vm_dir(vm.role)
-        shutil.rmtree(d, ignore_errors=True)
+        shutil.rmtree(d, ignore_errors=True)  # an earlier deployment's console too
         (d / "seed").mkdir(parents=True)
         subprocess.run(
             ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", vm.image,
@@ -378,7 +378,14 @@ class LocalCloud:
                     wait_gone(vm.pid, 30)
             if state.switch_pid and alive(state.switch_pid):
                 os.kill(state.switch_pid, signal.SIGTERM)
-        shutil.rmtree(self.root, ignore_errors=True)
+        # Everything but the serial consoles, kept for diagnosis until the next `up` of a role.
+        if self.root.is_dir():
+            for path in self.root.rglob("*"):
+                if path.is_file() and path.name != "console.log":
+                    path.unlink()
+            for path in sorted(self.root.rglob("*"), reverse=True):
+                if path.is_dir() and not any(path.iterdir()):
+                    path.rmdir()
 
 
 def alive(pid: int) -> bool:

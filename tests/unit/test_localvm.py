@@ -62,3 +62,17 @@ def test_each_vm_has_a_private_nic_and_an_admin_nic_that_reaches_nothing(bakes, 
     boots = cloud.plan(state).by_role()
     assert "MACAddress=52:54:00:d5:39:0c" in boots["kafka"].user_data
     assert "ssh_authorized_keys" in boots["producer"].user_data
+
+
+def test_down_keeps_only_the_serial_consoles(bakes, tmp_path):
+    cloud = localvm.LocalCloud(tmp_path / "cloud")
+    state = cloud.prepare("t", localvm.SUBNET, bakes)
+    for role in state.vms:
+        (cloud.vm_dir(role) / "seed").mkdir(parents=True)
+        (cloud.vm_dir(role) / "seed" / "user-data").write_text("#cloud-config\n")
+        (cloud.vm_dir(role) / "disk.qcow2").write_bytes(b"disk")
+        (cloud.vm_dir(role) / "console.log").write_text(f"{role} booted\n")
+    cloud.down()
+    left = sorted(str(p.relative_to(cloud.root)) for p in cloud.root.rglob("*") if p.is_file())
+    assert left == sorted(f"{role}/console.log" for role in state.vms)
+    assert cloud.load() is None
