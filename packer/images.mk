@@ -72,8 +72,8 @@ $(BASE_VM): packer/base-vm/build.sh | host-tools
 # Container tarballs from `make save` (images/containers.mk), unless the bake pulls from a registry.
 container-tarballs:
 	@missing=; for i in $(IMAGE_NAMES); do [ -s build/containers/$$i.tar.gz ] || missing="$$missing $$i"; done; \
-	if [ -n "$$missing" ]; then echo "container tarballs missing:$$missing; running make save"; \
-		$(MAKE) save; fi
+	if [ -n "$$missing" ]; then echo "container tarballs missing:$$missing; building and saving the containers"; \
+		images/docker-engine.sh && $(MAKE) --no-print-directory containers save; fi
 
 IMAGE_PREREQS := packer-init infra-venv $(if $(filter qemu,$(PACKER_SOURCE)),host-tools $(BUILD_KEY) $(BASE_VM)) \
 	$(if $(filter registry,$(IMAGE_SOURCE)),,container-tarballs)
@@ -97,7 +97,7 @@ CLOUD_COUNT ?= 200
 CLOUD_PROVIDER ?= vm
 LOCAL_CLOUD := $(BIN)/appliance cloud --provider $(CLOUD_PROVIDER)
 cloud-up: infra-venv $(if $(filter vm,$(CLOUD_PROVIDER)),host-tools) ## Boot the four newest bakes as VMs on one private network, in order, until healthy.
-	$(if $(filter containers,$(CLOUD_PROVIDER)),$(MAKE) --no-print-directory save)
+	$(if $(filter containers,$(CLOUD_PROVIDER)),images/docker-engine.sh && $(MAKE) --no-print-directory containers save)
 	$(LOCAL_CLOUD) up --set-for producer:PRODUCER_RATE=$(CLOUD_RATE)
 
 cloud-check: cloud-up ## cloud-up, then testinfra and the pipeline across the four VMs, with faults (tests/cluster).
