@@ -287,8 +287,10 @@ class LocalCloud:
         return [
             "qemu-system-x86_64", "-name", f"{state.name}-{vm.role}",
             "-accel", state.accel,
-            # The containers' numpy needs SSE4/AVX, which QEMU's default CPU model lacks.
-            "-cpu", "max", "-smp", str(vm.cpus), "-m", str(vm.memory_mib),
+            # The containers' numpy needs SSE4/AVX, which QEMU's default CPU model lacks. Without
+            # MONITOR/MWAIT the guest idles with HLT: TCG runs MWAIT on a guest of 2+ vCPUs as a
+            # busy loop, and an idle 2-vCPU VM then burned a whole host core.
+            "-cpu", "max,-monitor", "-smp", str(vm.cpus), "-m", str(vm.memory_mib),
             "-drive", f"file={d / 'disk.qcow2'},if=virtio",
             "-drive", f"file={d / 'seed.iso'},media=cdrom,readonly=on",
             # NIC 1 (eth0): admin access from this machine, nothing out.
