@@ -108,6 +108,11 @@ def run(args: argparse.Namespace) -> int:
     env = server_env(args)
     # `appliance --log-level X serve` reaches Gunicorn and the workers unless LOG_LEVEL says else.
     env.setdefault("LOG_LEVEL", getattr(args, "log_level", "INFO"))
+    # The check below imports the metrics module, and prometheus_client opens its files in this
+    # folder at import: a folder named but not yet made would crash the start.
+    multiproc_dir = env.get("PROMETHEUS_MULTIPROC_DIR", "").strip()
+    if multiproc_dir:
+        Path(multiproc_dir).mkdir(parents=True, exist_ok=True)
     check_env(env)
     argv = gunicorn_argv()
     log.info("exec %s", " ".join(argv))

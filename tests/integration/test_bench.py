@@ -1,0 +1,23 @@
+"""`appliance bench serve` end to end at a tiny setting: it must run, not measure well."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_bench_serve_runs_and_reports_every_phase(model_path: Path, tmp_path: Path) -> None:
+    # A PROMETHEUS_MULTIPROC_DIR that does not exist yet, as the benchmark gives each server.
+    argv = [sys.executable, "-m", "appliance", "bench", "serve", "--model", str(model_path),
+            "--batch", "4", "--clients", "4", "--seconds", "1", "--rounds", "1",
+            "--warmup", "0.5", "--workers", "1", "--naive-workers", "1"]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    for phase in ("in-process", "server", "naive server"):
+        line = re.search(rf"^{phase}: ([\d.]+) img/s", done.stdout, re.M)
+        assert line, f"no {phase} figure in:\n{done.stdout}"
+        assert float(line[1]) > 0, line[0]
+    assert re.search(r"^server / in-process: [\d.]+", done.stdout, re.M), done.stdout
+    assert re.search(r"^server / naive: [\d.]+x", done.stdout, re.M), done.stdout
