@@ -122,13 +122,21 @@ def consume(settings: Settings, stopper: kafkaio.Stopper, idle_exit: float | Non
         client.close()
         return Stats()
     collection = client[settings.mongodb_database][settings.mongodb_collection]
-    consumer = kafkaio.make_consumer(
-        settings,
-        [settings.topic_images, settings.topic_predictions],
-        settings.group_db,
-        settings.db_batch_size,
-    )
-    producer = kafkaio.make_producer(settings)
+    try:
+        consumer = peers.kafka_client(
+            settings,
+            stopper,
+            lambda: kafkaio.make_consumer(
+                settings,
+                [settings.topic_images, settings.topic_predictions],
+                settings.group_db,
+                settings.db_batch_size,
+            ),
+        )
+        producer = peers.kafka_client(settings, stopper, lambda: kafkaio.make_producer(settings))
+    except peers.Stopped:
+        client.close()
+        return Stats()
     total = Stats()
     log.info(
         "consuming %s and %s into %s.%s",

@@ -122,10 +122,17 @@ def consume(settings: Settings, stopper: kafkaio.Stopper, idle_exit: float | Non
     back labels, never the consumer's place in its group.
     """
     peers.wait_for_kafka(settings, stopper)
-    consumer = kafkaio.make_consumer(
-        settings, [settings.topic_images], settings.group_inference, settings.inference_batch_size
+    consumer = peers.kafka_client(
+        settings,
+        stopper,
+        lambda: kafkaio.make_consumer(
+            settings,
+            [settings.topic_images],
+            settings.group_inference,
+            settings.inference_batch_size,
+        ),
     )
-    producer = kafkaio.make_producer(settings)
+    producer = peers.kafka_client(settings, stopper, lambda: kafkaio.make_producer(settings))
     client = InferenceClient(settings.inference_url)
     total = Stats()
     log.info(

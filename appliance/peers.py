@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+_KAFKA_RETRYABLE = (kafkaio.KafkaError, OSError)
+
+
 class Stopped(Exception):
     """Asked to stop while still waiting for a peer."""
 
@@ -102,6 +105,16 @@ def wait_for_kafka(settings: Settings, stopper: kafkaio.Stopper) -> None:
         "Kafka",
         settings.kafka_bootstrap_servers,
         lambda: kafkaio.ensure_topics(settings),
-        (kafkaio.KafkaError, OSError),
+        _KAFKA_RETRYABLE,
         stopper,
     )
+
+
+def kafka_client(settings: Settings, stopper: kafkaio.Stopper, make: Callable[[], T]) -> T:
+    """``make()`` (a Kafka client's constructor) until it succeeds.
+
+    A client's constructor asks the broker for its API versions and gives up after two seconds
+    (NoBrokersAvailable): a broker that answered :func:`wait_for_kafka` a moment ago can still be
+    too loaded to answer that in time, as a JVM still starting under emulation is.
+    """
+    return wait_for("Kafka", settings.kafka_bootstrap_servers, make, _KAFKA_RETRYABLE, stopper)

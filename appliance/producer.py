@@ -86,7 +86,7 @@ def produce(
         count = len(samples)
     stopper = stopper or kafkaio.Stopper()
     peers.wait_for_kafka(settings, stopper)
-    producer = kafkaio.make_producer(settings)
+    producer = peers.kafka_client(settings, stopper, lambda: kafkaio.make_producer(settings))
     counts = Counts()
     names = device_names(settings.device_id, devices)
     stream = ordered(samples, order, seed)

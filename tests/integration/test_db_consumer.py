@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import signal
 import threading
@@ -14,7 +13,7 @@ from kafka import KafkaProducer
 from appliance import producer
 from appliance.contract import encode_image_message, encode_prediction_message
 
-from .harness import wait_for
+from .harness import Relay, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -123,51 +122,6 @@ def test_sigkill_mid_run_loses_and_duplicates_nothing(
     docs = list(collection.find({}, {"image": 1}))
     assert len(docs) == len(samples)
     assert len({bytes(d["image"]) for d in docs}) == len(samples)
-
-
-class Relay:
-    """A TCP relay on a loopback port to the real MongoDB-protocol server, switched on later:
-    MongoDB "arriving" at the address the consumer was given, as a late peer VM does."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        import socket
-
-        self.target = target
-        self.listener = socket.socket()
-        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]  # nothing listens here until start()
-
-    def start(self) -> None:
-        self.listener.listen(16)
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        import socket
-
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(self.target)
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(src, dst) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.close()
-
-    def close(self) -> None:
-        self.listener.close()
 
 
 def test_mongodb_late_at_start_is_waited_for_by_address_then_caught_up(
