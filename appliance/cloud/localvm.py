@@ -53,6 +53,11 @@ SIZES = {
     "producer": Size(1024, 1),
 }
 
+# Under software emulation (tcg) Docker's health checks (a `docker exec` of Python every 10 s per
+# container) took most of a VM's CPU: the kafka VM's three checks kept its load near 15 and
+# starved the broker. Rarer checks with more time each, unless --set says otherwise.
+EMULATION_SETTINGS = {"HEALTHCHECK_INTERVAL": "60s", "HEALTHCHECK_TIMEOUT": "60s"}
+
 
 @dataclass
 class Vm:
@@ -177,6 +182,9 @@ class LocalCloud:
 
     def plan(self, state: State, **options: object) -> plans.Plan:
         net = ipaddress.ip_network(state.subnet)
+        if state.accel == "tcg":
+            given = options.get("settings") or {}
+            options["settings"] = {**EMULATION_SETTINGS, **given}  # type: ignore[dict-item]
         return plans.make_plan(
             state.name,
             {role: vm.address for role, vm in state.vms.items()},

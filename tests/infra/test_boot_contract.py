@@ -6,8 +6,9 @@ boots each baked systemd container (docker restart) and runs this before test_im
 1. Booted without settings: no container starts; the journal says the settings file is missing.
 2. Settings without a required peer: each unit that needs it logs the setting's name and does not
    start its container.
-3. The full settings arrive (as `appliance userdata` renders them): the units start by themselves
-   (appliance-env.path), without a reboot or a manual restart.
+3. The full settings arrive (as `appliance userdata` renders them, plus a health-check cadence):
+   the units start by themselves (appliance-env.path), without a reboot or a manual restart, and
+   hand the cadence to `docker run`.
 """
 
 from __future__ import annotations
@@ -109,7 +110,14 @@ def test_missing_peer_is_named_and_blocks_the_container(host, image, units):
 
 
 def test_settings_arriving_start_the_units(host, image, units):
-    write_settings(host, rendered_settings(image))
+    # With a health-check cadence of its own, which the units hand to `docker run`.
+    write_settings(host, rendered_settings(image) + "HEALTHCHECK_INTERVAL=37s\n")
     for unit in units:
         wait_for(f"{unit} running", lambda unit=unit: host.service(unit).is_running, 120)
         wait_for(f"{unit}'s container running", lambda unit=unit: container_running(host, unit))
+        with host.sudo():
+            interval = host.check_output(
+                "docker inspect --format '{{.Config.Healthcheck.Interval}}' %s",
+                unit.removesuffix(".service"),
+            )
+        assert interval == str(37 * 10**9), f"{unit}: health-check interval {interval} ns"

@@ -64,6 +64,20 @@ def test_each_vm_has_a_private_nic_and_an_admin_nic_that_reaches_nothing(bakes, 
     assert "ssh_authorized_keys" in boots["producer"].user_data
 
 
+def test_under_emulation_health_checks_are_rarer_unless_set(bakes, tmp_path):
+    cloud = localvm.LocalCloud(tmp_path / "cloud")
+    state = cloud.prepare("t", localvm.SUBNET, bakes)
+    for role, boot in cloud.plan(state).by_role().items():
+        assert "HEALTHCHECK_INTERVAL=60s" in boot.user_data, role
+        assert "HEALTHCHECK_TIMEOUT=60s" in boot.user_data, role
+    given = cloud.plan(state, settings={"HEALTHCHECK_INTERVAL": "20s"}).by_role()["kafka"]
+    assert "HEALTHCHECK_INTERVAL=20s" in given.user_data
+    assert "HEALTHCHECK_INTERVAL=60s" not in given.user_data
+    kvm = localvm.LocalCloud(tmp_path / "kvm", accel="kvm")
+    kvm_state = kvm.prepare("t", localvm.SUBNET, bakes)
+    assert "HEALTHCHECK_INTERVAL" not in kvm.plan(kvm_state).by_role()["kafka"].user_data
+
+
 def test_down_keeps_only_the_serial_consoles(bakes, tmp_path):
     cloud = localvm.LocalCloud(tmp_path / "cloud")
     state = cloud.prepare("t", localvm.SUBNET, bakes)

@@ -237,6 +237,16 @@ def test_the_baked_check_names_what_is_missing_or_malformed(tmp_path):
     assert result.returncode == 78 and "line 1 is not KEY=VALUE" in result.stderr
 
 
+def test_the_health_check_cadence_is_checked_whenever_it_is_set(tmp_path):
+    ok = run_check_env(tmp_path, "HEALTHCHECK_INTERVAL=60s\nHEALTHCHECK_TIMEOUT=500ms\n", [])
+    assert ok.returncode == 0, ok.stderr
+    for bad in ("HEALTHCHECK_INTERVAL=60", "HEALTHCHECK_TIMEOUT=0s", "HEALTHCHECK_INTERVAL="):
+        result = run_check_env(tmp_path, bad + "\n", [])
+        assert result.returncode == 78, bad
+        assert f"setting {bad.split('=')[0]} is malformed" in result.stderr
+        assert "a duration such as 30s" in result.stderr
+
+
 def test_a_fixed_address_is_a_networkd_file_for_that_nic_and_applied_at_boot(tmp_path):
     key = tmp_path / "id.pub"
     key.write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAItest user@host\n")
