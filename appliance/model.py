@@ -37,7 +37,9 @@ CIFAR10_CLASSES: tuple[str, ...] = (
 # Per-channel statistics of the CIFAR-10 training set (0..255 scale), used inside the model.
 CIFAR10_MEAN = (125.3, 123.0, 113.9)
 CIFAR10_STD = (63.0, 62.1, 66.7)
-STEMS = ("stock", "cifar")
+# stock: ImageNet's 7x7/2 conv + 3x3/2 max-pool (32x32 -> 8x8 into the first residual stage);
+# cifar: 3x3/1 conv, no max-pool (32x32 in); pooled: 3x3/1 conv, the stock max-pool (16x16 in).
+STEMS = ("stock", "cifar", "pooled")
 
 
 class ModelMetadataError(ValueError):
@@ -111,7 +113,8 @@ def build(
     """A keras.applications ResNet50 (random init) with normalisation in front and a softmax head.
 
     ``stem="cifar"`` swaps the 7x7/2 first convolution for a 3x3/1 one and drops the max-pool, the
-    usual change for 32x32 inputs; every other layer is the stock architecture.
+    usual change for 32x32 inputs; ``stem="pooled"`` swaps the convolution alike but keeps the
+    max-pool (a quarter of the cifar stem's compute). Every other layer is the stock architecture.
     """
     import keras
 
@@ -122,8 +125,8 @@ def build(
     backbone = keras.applications.ResNet50(
         include_top=False, weights=None, input_shape=shape, pooling="avg"
     )
-    if stem == "cifar":
-        backbone = _with_cifar_stem(backbone)
+    if stem != "stock":
+        backbone = _with_small_stem(backbone, keep_pool=stem == "pooled")
     _zero_init_residuals(backbone)
     inputs = keras.Input(shape=shape, name="image")
     x = keras.layers.Rescaling(1.0, name="to_float")(inputs)
@@ -149,8 +152,8 @@ def _zero_init_residuals(backbone) -> None:
             layer.gamma.assign(np.zeros(layer.gamma.shape, dtype="float32"))
 
 
-def _with_cifar_stem(backbone):
-    """Clone ResNet50 with conv1 as 3x3 stride 1 and the stem max-pool made an identity."""
+def _with_small_stem(backbone, keep_pool: bool):
+    """Clone ResNet50 with conv1 as 3x3 stride 1 and, unless kept, the max-pool an identity."""
     import keras
 
     def replace(layer):
@@ -159,6 +162,8 @@ def _with_cifar_stem(backbone):
             config["padding"] = ((1, 1), (1, 1))
         elif layer.name == "conv1_conv":
             config.update(kernel_size=(3, 3), strides=(1, 1))
+        elif keep_pool:
+            pass
         elif layer.name == "pool1_pad":
             config["padding"] = ((0, 0), (0, 0))
         elif layer.name == "pool1_pool":

@@ -7,8 +7,9 @@
   that resumes sees the very batches the uninterrupted one would have.
 - Recipe: SGD, momentum 0.9, Nesterov, decoupled weight decay 5e-4 (not on BatchNorm or biases),
   label smoothing 0.1, linear warmup then cosine decay to zero, peak LR 0.1 per 128 images.
-- Precision: mixed float16 on a GPU, float32 on a CPU (float16 is slower there); the artifact is
-  always float32 so it serves anywhere.
+- Precision: mixed float16 on a GPU, float32 on a CPU (float16 is slower there), or mixed
+  bfloat16 by choice (oneDNN runs it on CPUs with AVX512_BF16 or AMX); the artifact is always
+  float32 so it serves anywhere.
 - Resume: after every epoch the model and optimizer state go to ``X.ckpt/`` beside ``--out``;
   running the same command again continues from the last completed epoch.
 """
@@ -241,10 +242,20 @@ def compile_model(net, recipe: Recipe, steps_per_epoch: int, xla: bool = True) -
     )
 
 
-def build_compiled(recipe: Recipe, steps_per_epoch: int, mixed: bool, xla: bool = True):
+# --precision -> the Keras dtype policy ("auto" is decided by has_gpu()).
+POLICIES = {"mixed": "mixed_float16", "bfloat16": "mixed_bfloat16", "float32": "float32"}
+
+
+def precision_policy(precision: str) -> str:
+    if precision == "auto":
+        return "mixed_float16" if has_gpu() else "float32"
+    return POLICIES[precision]
+
+
+def build_compiled(recipe: Recipe, steps_per_epoch: int, policy: str, xla: bool = True):
     import keras
 
-    keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
+    keras.mixed_precision.set_global_policy(policy)
     net = model.build(recipe.input_size, model.CIFAR10_CLASSES, recipe.stem, recipe.seed)
     compile_model(net, recipe, steps_per_epoch, xla)
     return net
@@ -403,9 +414,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--test-limit", type=int, help="evaluate on a class-balanced subset of N test images")
     add(
         "--precision",
-        choices=("auto", "mixed", "float32"),
+        choices=("auto", *POLICIES),
         default="auto",
-        help="auto: mixed float16 on a GPU, float32 on a CPU",
+        help="auto: mixed float16 on a GPU, float32 on a CPU; bfloat16: mixed bfloat16 (CPUs "
+        "with AVX512_BF16/AMX, GPUs)",
     )
     add(
         "--xla",
@@ -469,17 +481,14 @@ def _train(args: argparse.Namespace) -> int:
         log.info("%s is already trained (%d epochs); --fresh trains again", out, state["epoch"])
         return 0
 
-    mixed = args.precision == "mixed" or (args.precision == "auto" and has_gpu())
-    log.info(
-        "precision: %s",
-        "mixed float16 (GPU)" if mixed else "float32 (no GPU: mixed precision needs one)",
-    )
+    policy = precision_policy(args.precision)
+    log.info("precision: %s%s", policy, " (auto)" if args.precision == "auto" else "")
     train_split, val_split, train_names = load_training_data(args.data, recipe)
     n = len(train_split.labels)
     if n < recipe.batch_size:
         raise TrainingError(f"{n} training images, fewer than one batch of {recipe.batch_size}")
     steps = n // recipe.batch_size  # whole batches: BatchNorm dislikes a tiny last one
-    net = build_compiled(recipe, steps, mixed, args.xla)
+    net = build_compiled(recipe, steps, policy, args.xla)
     start = 0
     if state and state.get("checkpoint"):
         # Rebuild + compile + load weights rather than load_model: the compiled optimizer keeps
@@ -488,9 +497,9 @@ def _train(args: argparse.Namespace) -> int:
         net.load_weights(folder / state["checkpoint"])
         start = int(state["epoch"])
         done = int(net.optimizer.iterations.numpy())
-        # Mixed precision skips the update of a step whose gradients overflowed (loss scaling),
-        # so there the count may fall short; otherwise it must be exact.
-        if done > start * steps or (done < start * steps and not mixed):
+        # float16 loss scaling skips the update of a step whose gradients overflowed, so there
+        # the count may fall short; otherwise it must be exact.
+        if done > start * steps or (done < start * steps and policy != "mixed_float16"):
             raise TrainingError(
                 f"{folder}: checkpoint has {done} optimizer steps, expected {start * steps}; "
                 "pass --fresh to start over"
@@ -517,7 +526,7 @@ def _train(args: argparse.Namespace) -> int:
             shuffle=False,  # the order is the dataset's own (seeded, per epoch)
             verbose=0,
         )
-    metadata = _export(export_copy(net, recipe), recipe, args, state, out, mixed, train_names)
+    metadata = _export(export_copy(net, recipe), recipe, args, state, out, policy, train_names)
     state["finished"] = True
     write_state(folder, state)
     accuracy = "n/a" if metadata.test_accuracy is None else f"{100 * metadata.test_accuracy:.2f}%"
@@ -531,7 +540,7 @@ def _export(
     args: argparse.Namespace,
     state: dict[str, Any],
     out: Path,
-    mixed: bool,
+    policy: str,
     train_names: set[str],
 ) -> model.Metadata:
     """Evaluate on the test split (when the source has one) and save the artifact."""
@@ -565,7 +574,7 @@ def _export(
             "training_seconds": round(state["training_seconds"], 1),
             "train_images": recipe.limit or "all",
             "test_images": report.total if report else 0,
-            "precision": "mixed_float16 (saved as float32)" if mixed else "float32",
+            "precision": policy if policy == "float32" else f"{policy} (saved as float32)",
             "optimizer": (
                 f"SGD momentum {recipe.momentum} nesterov, weight decay {recipe.weight_decay} "
                 f"(not BatchNorm/bias), peak lr {recipe.peak_lr:g}, linear warmup "

@@ -46,6 +46,13 @@ def test_save_and_load_keep_predictions_identical(resnet):
     assert backbone.get_layer("conv2_block1_out").output.shape[1:3] == (32, 32)
 
 
+@pytest.mark.parametrize(("stem", "side"), [("stock", 8), ("cifar", 32), ("pooled", 16)])
+def test_each_stem_gives_the_first_stage_its_feature_map_size(stem: str, side: int) -> None:
+    backbone = model.build(32, stem=stem).get_layer("resnet50")
+    assert backbone.get_layer("conv2_block1_out").output.shape[1:3] == (side, side)
+    assert backbone.get_layer("conv5_block3_out").output.shape[1:3] == (side // 8, side // 8)
+
+
 def test_metadata_with_another_stem_is_refused(resnet, tmp_path):
     path, _, _ = resnet
     copy = with_metadata(path, tmp_path / "copy.keras", stem="stock")
