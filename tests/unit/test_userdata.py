@@ -202,7 +202,7 @@ def run_check_env(tmp_path: Path, content: str | None, required: list[str]):
         env_file.write_text(content)
     return subprocess.run(
         [sys.executable, str(CHECK_ENV), "appliance-test.service", *required],
-        env={**os.environ, "APPLIANCE_ENV_FILE": str(env_file)},
+        env={**os.environ, "APPLIANCE_ENV_FILE": str(env_file), "APPLIANCE_RUN_DIR": str(tmp_path)},
         capture_output=True,
         text=True,
         check=False,
@@ -240,6 +240,11 @@ def test_the_baked_check_names_what_is_missing_or_malformed(tmp_path):
 def test_the_health_check_cadence_is_checked_whenever_it_is_set(tmp_path):
     ok = run_check_env(tmp_path, "HEALTHCHECK_INTERVAL=60s\nHEALTHCHECK_TIMEOUT=500ms\n", [])
     assert ok.returncode == 0, ok.stderr
+    # Only these reach the unit's own environment (its EnvironmentFile=), not the whole file.
+    written = tmp_path / "appliance-test.service.health"
+    assert written.read_text() == "HEALTHCHECK_INTERVAL=60s\nHEALTHCHECK_TIMEOUT=500ms\n"
+    assert run_check_env(tmp_path, "MONGODB_URI=mongodb://u:secret@db:27017\n", []).returncode == 0
+    assert written.read_text() == ""
     for bad in ("HEALTHCHECK_INTERVAL=60", "HEALTHCHECK_TIMEOUT=0s", "HEALTHCHECK_INTERVAL="):
         result = run_check_env(tmp_path, bad + "\n", [])
         assert result.returncode == 78, bad
