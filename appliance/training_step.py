@@ -52,8 +52,9 @@ _RESULT = re.compile(r"^step: ([\d.e+-]+) img/s, ([\d.e+-]+) cpu-s/img$", re.M)
 _ONEDNN_CONV = re.compile(
     r"(?:onednn|dnnl)_verbose,.*?exec,cpu,convolution,([^,]+),[^,]*,src[_:](\w+?):"
 )
-# %convolution.3 = bf16[8,32,32,64]{...} convolution(bf16[...] %x, bf16[...] %w), ...
+# What TensorFlow logs when oneDNN turns bfloat16 down (Eigen then runs the op).
 _BF16_REFUSED = "oneDNN supports DT_BFLOAT16 only on platforms with AVX-512"
+# %convolution.3 = bf16[8,32,32,64]{...} convolution(bf16[...] %x, bf16[...] %w), ...
 _HLO_CONV = re.compile(r"=\s*(\w+)\[[^\]]*\][^ ]*\s+convolution\(")
 _HLO_CUSTOM = re.compile(
     r"=\s*\(?(\w+)\[.*custom-call\(.*custom_call_target=\"([^\"]*conv[^\"]*)\""
@@ -95,7 +96,6 @@ def measure(
 def summarise_onednn(output: str) -> str:
     """'oneDNN conv: bf16 x212 (brg:avx512_core_amx)' from ONEDNN_VERBOSE output."""
     seen = Counter(_ONEDNN_CONV.findall(output))
-    # TensorFlow says so when oneDNN turns bfloat16 down (it needs AVX-512 for it).
     refused = "; oneDNN refused bf16 (no AVX-512)" if _BF16_REFUSED in output else ""
     if not seen:
         return f"oneDNN conv: none (Eigen kernels){refused}"
