@@ -164,7 +164,6 @@ def run(args: argparse.Namespace) -> int:
             log.info("%s, %s: training %.1f img/s, %.3f CPU-s/img, %s", name, setup, step.img_s,
                      step.cpu_s_per_img, step.kernels)  # fmt: skip
             timings.append(Training(setup, step.img_s, step.cpu_s_per_img, step.kernels))
-        keras.mixed_precision.set_global_policy("float32")
         accuracy = _accuracy(stem, size, args) if args.accuracy_data else None
         results.append(Figures(name, net.count_params(), infer, timings, accuracy))
     _print_table(results, args, cores)
