@@ -126,6 +126,9 @@ mkdir -p "$root/boot/extlinux"
 kernel=$(cd "$root/boot" && ls vmlinuz-* | sort -V | tail -1)
 initrd=initrd.img-${kernel#vmlinuz-}
 [[ -f $root/boot/$initrd ]] || { echo "base-vm: no $initrd in the tree"; exit 1; }
+# tsc=reliable: under QEMU's software emulation (tcg) a VM with 2 vCPUs fails the kernel's TSC
+# sync check and falls back to the emulated HPET, where every clock read traps into QEMU (an idle
+# 2-vCPU VM took most of a host core). This base is only for local QEMU; clouds bring their own.
 cat >"$root/boot/extlinux/extlinux.conf" <<EOF
 DEFAULT debian
 TIMEOUT 1
@@ -133,7 +136,7 @@ PROMPT 0
 LABEL debian
   LINUX /boot/$kernel
   INITRD /boot/$initrd
-  APPEND root=UUID=$uuid ro console=tty0 console=ttyS0,115200n8 net.ifnames=0
+  APPEND root=UUID=$uuid ro console=tty0 console=ttyS0,115200n8 net.ifnames=0 tsc=reliable
 EOF
 : >"$root/etc/machine-id"
 rm -f "$root"/etc/ssh/ssh_host_* "$root"/var/lib/dbus/machine-id
