@@ -25,22 +25,22 @@ build {
   source "source.qemu.base" {
     name             = "producer"
     vm_name          = "appliance-producer-${local.image_suffix}.qcow2"
-    output_directory = "${var.output_dir}/producer"
+    output_directory = "${var.output_dir}/producer/${local.bake_dir}"
   }
   source "source.qemu.base" {
     name             = "ml-server"
     vm_name          = "appliance-ml-server-${local.image_suffix}.qcow2"
-    output_directory = "${var.output_dir}/ml-server"
+    output_directory = "${var.output_dir}/ml-server/${local.bake_dir}"
   }
   source "source.qemu.base" {
     name             = "kafka"
     vm_name          = "appliance-kafka-${local.image_suffix}.qcow2"
-    output_directory = "${var.output_dir}/kafka"
+    output_directory = "${var.output_dir}/kafka/${local.bake_dir}"
   }
   source "source.qemu.base" {
     name             = "mongodb"
     vm_name          = "appliance-mongodb-${local.image_suffix}.qcow2"
-    output_directory = "${var.output_dir}/mongodb"
+    output_directory = "${var.output_dir}/mongodb/${local.bake_dir}"
   }
 
   provisioner "ansible" {

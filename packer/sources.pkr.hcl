@@ -5,6 +5,9 @@ locals {
   containers_dir = var.containers_dir != "" ? abspath(var.containers_dir) : "${local.repo_root}/build/containers"
   # Every image is named appliance-NAME-VERSION-COMMIT.
   image_suffix = "${var.appliance_version}-${var.git_commit}"
+  # Each local bake gets its own folder (Packer refuses an existing one), so baking again keeps
+  # the previous bake until the new one is done; the manifest says which is newest.
+  bake_dir = "${local.image_suffix}-${formatdate("YYYYMMDD'T'hhmmss", timestamp())}"
   # NoCloud seed for the local build VM: lets Packer's key in as the base image's user.
   qemu_user_data = <<-EOT
     #cloud-config

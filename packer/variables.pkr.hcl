@@ -171,6 +171,6 @@ variable "qemu_ssh_public_key" {
 
 variable "output_dir" {
   type        = string
-  description = "Where local images (one folder per image) and the manifest go."
+  description = "Where local images (a folder per image, one inside it per bake) and the manifest go."
   default     = "build/images"
 }
