@@ -57,6 +57,18 @@ SIZES = {
 # container) took most of a VM's CPU: the kafka VM's three checks kept its load near 15 and
 # starved the broker. Rarer checks with more time each, unless --set says otherwise.
 EMULATION_SETTINGS = {"HEALTHCHECK_INTERVAL": "60s", "HEALTHCHECK_TIMEOUT": "60s"}
+# And per image, under emulation only:
+# - ml-server: one Gunicorn worker; each loaded the model for about 11 min, side by side.
+# - kafka: the JVM's client compiler only (C2's warm-up compiles took the CPU the broker needed),
+#   and 30 s, not 9 s, before the controller fences a broker whose heartbeats are late (a starved
+#   broker fenced itself out of its own single-node cluster).
+EMULATION_ROLE_SETTINGS = {
+    "ml-server": {"SERVER_WORKERS": "1"},
+    "kafka": {
+        "KAFKA_JVM_OPTS": "-XX:TieredStopAtLevel=1",
+        "KAFKA_CFG_BROKER_SESSION_TIMEOUT_MS": "30000",
+    },
+}
 
 
 @dataclass
@@ -93,6 +105,17 @@ def newest_bakes(manifest: Path) -> dict[str, Path]:
             if path.suffix == ".qcow2" and path.is_file():
                 newest[build["custom_data"]["image"]] = path
     return newest
+
+
+def emulation_settings(
+    given: dict[str, str] | None, given_roles: dict[str, dict[str, str]] | None
+) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
+    """Settings and per-image settings with the emulation defaults under them: a given one wins."""
+    given, roles = given or {}, dict(given_roles or {})
+    for role, defaults in EMULATION_ROLE_SETTINGS.items():
+        kept = {k: v for k, v in defaults.items() if k not in given}
+        roles[role] = {**kept, **roles.get(role, {})}
+    return {**EMULATION_SETTINGS, **given}, roles
 
 
 def check_subnet(subnet: str) -> ipaddress.IPv4Network:
@@ -183,8 +206,11 @@ class LocalCloud:
     def plan(self, state: State, **options: object) -> plans.Plan:
         net = ipaddress.ip_network(state.subnet)
         if state.accel == "tcg":
-            given = options.get("settings") or {}
-            options["settings"] = {**EMULATION_SETTINGS, **given}  # type: ignore[dict-item]
+            settings, role_settings = emulation_settings(
+                options.get("settings"),  # type: ignore[arg-type]
+                options.get("role_settings"),  # type: ignore[arg-type]
+            )
+            options.update(settings=settings, role_settings=role_settings)
         return plans.make_plan(
             state.name,
             {role: vm.address for role, vm in state.vms.items()},

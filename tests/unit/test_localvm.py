@@ -90,3 +90,23 @@ def test_down_keeps_only_the_serial_consoles(bakes, tmp_path):
     left = sorted(str(p.relative_to(cloud.root)) for p in cloud.root.rglob("*") if p.is_file())
     assert left == sorted(f"{role}/console.log" for role in state.vms)
     assert cloud.load() is None
+
+
+def test_under_emulation_each_image_gets_its_defaults_unless_set(bakes, tmp_path):
+    cloud = localvm.LocalCloud(tmp_path / "cloud")
+    state = cloud.prepare("t", localvm.SUBNET, bakes)
+    boots = cloud.plan(state).by_role()
+    assert "SERVER_WORKERS=1" in boots["ml-server"].user_data
+    assert "KAFKA_JVM_OPTS=-XX:TieredStopAtLevel=1" in boots["kafka"].user_data
+    assert "SERVER_WORKERS" not in boots["kafka"].user_data
+    assert "KAFKA_JVM_OPTS" not in boots["ml-server"].user_data
+    # A setting given for all images, or for one, wins over the default.
+    for options in (
+        {"settings": {"SERVER_WORKERS": "2"}},
+        {"role_settings": {"ml-server": {"SERVER_WORKERS": "2"}}},
+    ):
+        server = cloud.plan(state, **options).by_role()["ml-server"].user_data
+        assert "SERVER_WORKERS=2" in server and "SERVER_WORKERS=1" not in server, options
+    kvm = localvm.LocalCloud(tmp_path / "kvm", accel="kvm")
+    kvm_state = kvm.prepare("t", localvm.SUBNET, bakes)
+    assert "SERVER_WORKERS" not in kvm.plan(kvm_state).by_role()["ml-server"].user_data
