@@ -403,6 +403,9 @@ class LocalCloud:
                 f"  {role:9} {up:7} {vm.address:13} {vm.memory_mib} MiB x{vm.cpus}  ssh -F "
                 f"{self.ssh_config} {role}  console {self.vm_dir(role) / 'console.log'}"
             )
+            if up == "running":
+                rss, cpu = usage(vm.pid)
+                lines.append(f"  {'':9} QEMU uses {rss} MiB of host memory, {cpu:.0f} CPU s so far")
         return lines
 
     def down(self) -> None:
@@ -422,6 +425,21 @@ class LocalCloud:
             for path in sorted(self.root.rglob("*"), reverse=True):
                 if path.is_dir() and not any(path.iterdir()):
                     path.rmdir()
+
+
+def usage(pid: int) -> tuple[int, float]:
+    """A QEMU process's resident memory (MiB: what the guest has touched) and CPU seconds."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0, 0.0
+    rss_kib = next(
+        int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")
+    )
+    # utime and stime: fields 14 and 15 of stat, 11 and 12 after the command's closing ")".
+    ticks = int(fields[11]) + int(fields[12])
+    return rss_kib // 1024, ticks / os.sysconf("SC_CLK_TCK")
 
 
 def alive(pid: int) -> bool:

@@ -110,3 +110,11 @@ def test_under_emulation_each_image_gets_its_defaults_unless_set(bakes, tmp_path
     kvm = localvm.LocalCloud(tmp_path / "kvm", accel="kvm")
     kvm_state = kvm.prepare("t", localvm.SUBNET, bakes)
     assert "SERVER_WORKERS" not in kvm.plan(kvm_state).by_role()["ml-server"].user_data
+
+
+def test_usage_reads_a_running_process_memory_and_cpu():
+    import os
+
+    rss, cpu = localvm.usage(os.getpid())
+    assert rss > 10 and cpu > 0  # this pytest process: tens of MiB, some CPU already
+    assert localvm.usage(2**22 + 1) == (0, 0.0)  # no such process
