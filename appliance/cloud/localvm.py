@@ -27,6 +27,8 @@ from pathlib import Path
 
 from appliance.cloud import plan as plans
 from appliance.cloud import topology, userdata
+from appliance.cloud.processes import alive, usage, wait_gone
+from appliance.cloud.vmsizes import SIZES, emulation_settings
 from appliance.config import ConfigError
 
 log = logging.getLogger(__name__)
@@ -36,39 +38,6 @@ SUBNET = "10.213.57.0/24"
 HOST_NUMBER = {"mongodb": 10, "ml-server": 11, "kafka": 12, "producer": 13}
 SSH_PORT_BASE = 2310  # mongodb 2320, ml-server 2321, kafka 2322, producer 2323
 MONGODB_FORWARD_PORT = 27117
-
-
-@dataclass(frozen=True)
-class Size:
-    memory_mib: int
-    cpus: int
-
-
-# 9.5 GiB for all four, of this machine's 24: TensorFlow and the model want the most; the broker's
-# JVM (heap up to 1 GiB) and two consumers next.
-SIZES = {
-    "mongodb": Size(1536, 1),
-    "ml-server": Size(4096, 2),
-    "kafka": Size(3072, 2),
-    "producer": Size(1024, 1),
-}
-
-# Under software emulation (tcg) Docker's health checks (a `docker exec` of Python every 10 s per
-# container) took most of a VM's CPU: the kafka VM's three checks kept its load near 15 and
-# starved the broker. Rarer checks with more time each, unless --set says otherwise.
-EMULATION_SETTINGS = {"HEALTHCHECK_INTERVAL": "60s", "HEALTHCHECK_TIMEOUT": "60s"}
-# And per image, under emulation only:
-# - ml-server: one Gunicorn worker; each loaded the model for about 11 min, side by side.
-# - kafka: the JVM's client compiler only (C2's warm-up compiles took the CPU the broker needed),
-#   and 30 s, not 9 s, before the controller fences a broker whose heartbeats are late (a starved
-#   broker fenced itself out of its own single-node cluster).
-EMULATION_ROLE_SETTINGS = {
-    "ml-server": {"SERVER_WORKERS": "1"},
-    "kafka": {
-        "KAFKA_JVM_OPTS": "-XX:TieredStopAtLevel=1",
-        "KAFKA_CFG_BROKER_SESSION_TIMEOUT_MS": "30000",
-    },
-}
 
 
 @dataclass
@@ -105,17 +74,6 @@ def newest_bakes(manifest: Path) -> dict[str, Path]:
             if path.suffix == ".qcow2" and path.is_file():
                 newest[build["custom_data"]["image"]] = path
     return newest
-
-
-def emulation_settings(
-    given: dict[str, str] | None, given_roles: dict[str, dict[str, str]] | None
-) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
-    """Settings and per-image settings with the emulation defaults under them: a given one wins."""
-    given, roles = given or {}, dict(given_roles or {})
-    for role, defaults in EMULATION_ROLE_SETTINGS.items():
-        kept = {k: v for k, v in defaults.items() if k not in given}
-        roles[role] = {**kept, **roles.get(role, {})}
-    return {**EMULATION_SETTINGS, **given}, roles
 
 
 def check_subnet(subnet: str) -> ipaddress.IPv4Network:
@@ -425,41 +383,3 @@ class LocalCloud:
             for path in sorted(self.root.rglob("*"), reverse=True):
                 if path.is_dir() and not any(path.iterdir()):
                     path.rmdir()
-
-
-def usage(pid: int) -> tuple[int, float]:
-    """A QEMU process's resident memory (MiB: what the guest has touched) and CPU seconds."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0, 0.0
-    rss_kib = next(
-        int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")
-    )
-    # utime and stime: fields 14 and 15 of stat, 11 and 12 after the command's closing ")".
-    ticks = int(fields[11]) + int(fields[12])
-    return rss_kib // 1024, ticks / os.sysconf("SC_CLK_TCK")
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (our own child, not reaped) is not a running VM.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def wait_gone(pid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while alive(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.5)
-    return True

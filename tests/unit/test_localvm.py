@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.cloud import localvm, topology
+from appliance.cloud import localvm, processes, topology
 from appliance.config import ConfigError
 
 
@@ -115,6 +115,6 @@ def test_under_emulation_each_image_gets_its_defaults_unless_set(bakes, tmp_path
 def test_usage_reads_a_running_process_memory_and_cpu():
     import os
 
-    rss, cpu = localvm.usage(os.getpid())
+    rss, cpu = processes.usage(os.getpid())
     assert rss > 10 and cpu > 0  # this pytest process: tens of MiB, some CPU already
-    assert localvm.usage(2**22 + 1) == (0, 0.0)  # no such process
+    assert processes.usage(2**22 + 1) == (0, 0.0)  # no such process
