@@ -23,7 +23,7 @@ $(BIN)/.installed: pyproject.toml
 run: venv ## Run the whole pipeline locally (services, server, consumers, cameras) and print the counts.
 	$(BIN)/appliance pipeline --source $(SOURCE) --count $(COUNT)
 
-test: venv ## Run every test (starts Kafka and the MongoDB-protocol server itself).
+test: venv ## Unit and integration tests (starts Kafka and the MongoDB-protocol server itself).
 	$(BIN)/pytest
 
 test-unit: venv ## Run the tests that need no services.

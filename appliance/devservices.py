@@ -37,7 +37,8 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
-from appliance.config import ConfigError
+from appliance.config import ConfigError, Settings
+from appliance.ops.counts import inference_health, measure
 
 # Versions: the one place to change them. The Kafka version matches the `kafka` image (DESIGN.md).
 KAFKA_VERSION = "3.8.0"
@@ -51,6 +52,7 @@ FERRETDB_MODULE = "github.com/FerretDB/FerretDB"
 FERRETDB_VERSION = "v1.24.0"
 
 HOST = "127.0.0.1"
+KAFKA_MESSAGE_MAX_BYTES = 16 * 1024 * 1024
 DEFAULT_KAFKA_PORT = 9092
 DEFAULT_KAFKA_CONTROLLER_PORT = 9093
 DEFAULT_MONGODB_PORT = 27017
@@ -259,6 +261,10 @@ def render_server_properties(config: ServicesConfig) -> str:
         # Consumers in tests join at once instead of waiting 3 s for more members.
         "group.initial.rebalance.delay.ms": "0",
         "auto.create.topics.enable": "true",
+        # The kafka image's limit (images/kafka/entrypoint.sh): an image up to MAX_IMAGE_BYTES,
+        # base64-encoded in its message, fits here as it does in the containers and the VMs.
+        "message.max.bytes": str(KAFKA_MESSAGE_MAX_BYTES),
+        "replica.fetch.max.bytes": str(KAFKA_MESSAGE_MAX_BYTES),
         "num.network.threads": "2",
         "num.io.threads": "4",
     }
@@ -1067,4 +1073,10 @@ def _print_status() -> int:
         return 1
     for entry in statuses:
         print(entry.line())
+    # What flows through them: the same view as `appliance stack status`. Topics, groups and the
+    # server's URL as the local `appliance serve` and consumers read them; these services' own
+    # addresses unless the environment names others.
+    settings = Settings.from_env({**config.endpoints.env(), **os.environ})
+    print("\n".join(measure(settings).lines()))
+    print(inference_health(settings.inference_url))
     return 0 if all(entry.healthy for entry in statuses) else 1

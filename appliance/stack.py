@@ -22,12 +22,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 from appliance import __version__
 from appliance.config import ConfigError, Settings
+from appliance.ops.counts import Counts, measure
 
 log = logging.getLogger(__name__)
 
@@ -145,30 +146,6 @@ class ContainerStatus:
         if self.running and self.health == "unhealthy" and self.health_output:
             row += f"\n{'':<32} last check: {self.health_output}"
         return row.rstrip()
-
-
-@dataclass
-class Counts:
-    """The pipeline's progress, from Kafka and MongoDB (what `status` prints)."""
-
-    images: int = 0  # records in the images topic
-    predictions: int = 0  # records in the predictions topic (redelivery may add some)
-    dead_lettered: int = 0  # records in the dead-letter topic
-    stored: int = 0  # documents in the collection
-    labelled: int = 0  # documents with a prediction
-    lag: dict[str, int] = field(default_factory=dict)  # consumer group -> records not committed
-    errors: list[str] = field(default_factory=list)
-
-    def lines(self) -> list[str]:
-        lines = [
-            f"images: {self.images} in Kafka, {self.stored} stored, {self.labelled} labelled, "
-            f"{self.dead_lettered} dead-lettered ({self.predictions} prediction records)"
-        ]
-        if self.lag:
-            lag = ", ".join(f"{group} {value}" for group, value in self.lag.items())
-            lines.append(f"consumer lag: {lag}")
-        lines += [f"  ({error})" for error in self.errors]
-        return lines
 
 
 # --- env file ------------------------------------------------------------------------------------
@@ -559,82 +536,6 @@ def down(stack: Stack, *, volumes: bool = True, out: TextIO | None = None) -> bo
 
 def statuses(stack: Stack) -> list[ContainerStatus]:
     return [inspect_container(stack, service.role) for service in (*SERVICES, PRODUCER)]
-
-
-def measure(settings: Settings) -> Counts:
-    """The counts, read from Kafka and MongoDB directly (inside the stack's network)."""
-    counts = Counts()
-    try:
-        _kafka_counts(settings, counts)
-    except Exception as exc:  # any client failure is reported, not raised: status must print
-        counts.errors.append(f"kafka: {type(exc).__name__}: {exc}")
-    try:
-        _mongodb_counts(settings, counts)
-    except Exception as exc:
-        counts.errors.append(f"mongodb: {type(exc).__name__}: {exc}")
-    return counts
-
-
-def _kafka_counts(settings: Settings, counts: Counts) -> None:
-    from kafka import KafkaAdminClient, KafkaConsumer
-    from kafka.structs import TopicPartition
-
-    consumer = KafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        client_id="appliance-stack-counts",
-        enable_auto_commit=False,
-    )
-    admin = KafkaAdminClient(
-        bootstrap_servers=settings.kafka_bootstrap_servers, client_id="appliance-stack-counts"
-    )
-    try:
-        ends: dict[TopicPartition, int] = {}
-        starts: dict[TopicPartition, int] = {}
-        topics = (settings.topic_images, settings.topic_predictions, settings.topic_dlq)
-        sizes = dict.fromkeys(topics, 0)
-        for topic in topics:
-            partitions = [
-                TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])
-            ]
-            if not partitions:
-                continue
-            ends.update(consumer.end_offsets(partitions))
-            starts.update(consumer.beginning_offsets(partitions))
-            sizes[topic] = sum(ends[tp] - starts[tp] for tp in partitions)
-        counts.images = sizes[settings.topic_images]
-        counts.predictions = sizes[settings.topic_predictions]
-        counts.dead_lettered = sizes[settings.topic_dlq]
-        groups = {
-            settings.group_db: (settings.topic_images, settings.topic_predictions),
-            settings.group_inference: (settings.topic_images,),
-        }
-        for group, group_topics in groups.items():
-            committed = admin.list_consumer_group_offsets(group)
-            lag = 0
-            for tp, end in ends.items():
-                if tp.topic not in group_topics:
-                    continue
-                meta = committed.get(tp)
-                done = meta.offset if meta is not None and meta.offset >= 0 else starts[tp]
-                lag += max(0, end - done)
-            counts.lag[group] = lag
-    finally:
-        consumer.close()
-        admin.close()
-
-
-def _mongodb_counts(settings: Settings, counts: Counts) -> None:
-    from pymongo import MongoClient
-
-    client: MongoClient[dict[str, Any]] = MongoClient(
-        settings.mongodb_uri, serverSelectionTimeoutMS=5000, connectTimeoutMS=5000
-    )
-    try:
-        images = client[settings.mongodb_database][settings.mongodb_collection]
-        counts.stored = images.count_documents({})
-        counts.labelled = images.count_documents({"prediction": {"$exists": True}})
-    finally:
-        client.close()
 
 
 def counts(stack: Stack) -> Counts:

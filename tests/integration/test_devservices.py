@@ -109,8 +109,12 @@ def test_status_command_prints_pid_address_and_health(stack: Stack) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    lines = result.stdout.splitlines()
-    assert len(lines) == 2, result.stdout
+    lines = result.stdout.splitlines()[:2]
+    # Then what flows through them, read from these services, and where the server should be.
+    flow = result.stdout.splitlines()[2:]
+    assert flow[0].startswith("images: ") and "stored" in flow[0], result.stdout
+    assert not [line for line in flow if line.startswith("  (")], result.stdout  # no errors
+    assert flow[-1].startswith("inference server http://"), result.stdout
     ports = {"kafka": stack.config.kafka_port, "mongodb": stack.config.mongodb_port}
     for line, name in zip(sorted(lines), sorted(ports), strict=True):
         fields = line.split()

@@ -1,0 +1,1 @@
+"""Tooling around the running pipeline (not shipped in its hot path)."""

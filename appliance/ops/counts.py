@@ -1,0 +1,150 @@
+"""The pipeline's progress from Kafka and MongoDB: images in each topic, documents stored and
+labelled, and each consumer group's lag. `appliance stack status` and `appliance services status`
+print it; neither raises when a service is down, they say so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from appliance.config import Settings
+
+
+@dataclass
+class Counts:
+    """The pipeline's progress, from Kafka and MongoDB (what `status` prints)."""
+
+    images: int = 0  # records in the images topic
+    predictions: int = 0  # records in the predictions topic (redelivery may add some)
+    dead_lettered: int = 0  # records in the dead-letter topic
+    stored: int = 0  # documents in the collection
+    labelled: int = 0  # documents with a prediction
+    lag: dict[str, int] = field(default_factory=dict)  # consumer group -> records not committed
+    errors: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        lines = [
+            f"images: {self.images} in Kafka, {self.stored} stored, {self.labelled} labelled, "
+            f"{self.dead_lettered} dead-lettered ({self.predictions} prediction records)"
+        ]
+        if self.lag:
+            lag = ", ".join(f"{group} {value}" for group, value in self.lag.items())
+            lines.append(f"consumer lag: {lag}")
+        lines += [f"  ({error})" for error in self.errors]
+        return lines
+
+
+def measure(settings: Settings) -> Counts:
+    """The counts, read from Kafka and MongoDB directly (from where both are reachable)."""
+    counts = Counts()
+    try:
+        _kafka_counts(settings, counts)
+    except Exception as exc:  # any client failure is reported, not raised: status must print
+        counts.errors.append(f"kafka: {type(exc).__name__}: {exc}")
+    try:
+        _mongodb_counts(settings, counts)
+    except Exception as exc:
+        counts.errors.append(f"mongodb: {type(exc).__name__}: {exc}")
+    return counts
+
+
+def _kafka_counts(settings: Settings, counts: Counts) -> None:
+    from kafka import KafkaAdminClient, KafkaConsumer
+    from kafka.structs import TopicPartition
+
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        client_id="appliance-stack-counts",
+        enable_auto_commit=False,
+    )
+    admin = KafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap_servers, client_id="appliance-stack-counts"
+    )
+    try:
+        ends: dict[TopicPartition, int] = {}
+        starts: dict[TopicPartition, int] = {}
+        topics = (settings.topic_images, settings.topic_predictions, settings.topic_dlq)
+        sizes = dict.fromkeys(topics, 0)
+        for topic in topics:
+            partitions = [
+                TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])
+            ]
+            if not partitions:
+                continue
+            ends.update(consumer.end_offsets(partitions))
+            starts.update(consumer.beginning_offsets(partitions))
+            sizes[topic] = sum(ends[tp] - starts[tp] for tp in partitions)
+        counts.images = sizes[settings.topic_images]
+        counts.predictions = sizes[settings.topic_predictions]
+        counts.dead_lettered = sizes[settings.topic_dlq]
+        groups = {
+            settings.group_db: (settings.topic_images, settings.topic_predictions),
+            settings.group_inference: (settings.topic_images,),
+        }
+        for group, group_topics in groups.items():
+            committed = _committed(admin, consumer, group)
+            lag = 0
+            for tp, end in ends.items():
+                if tp.topic not in group_topics:
+                    continue
+                meta = committed.get(tp)
+                done = meta.offset if meta is not None and meta.offset >= 0 else starts[tp]
+                lag += max(0, end - done)
+            counts.lag[group] = lag
+    finally:
+        consumer.close()
+        admin.close()
+
+
+def _committed(admin: Any, consumer: Any, group: str) -> dict[Any, Any]:
+    """The group's committed offsets: none while no group has ever committed on this broker."""
+    import time
+
+    from kafka.errors import (
+        CoordinatorLoadInProgressError,
+        CoordinatorNotAvailableError,
+        NotCoordinatorError,
+    )
+
+    # A broker makes its offsets topic at the first group request; asking before that would make
+    # it, and leave the coordinator moving for a few seconds.
+    if "__consumer_offsets" not in consumer.topics():
+        return {}
+    moving = (CoordinatorLoadInProgressError, CoordinatorNotAvailableError, NotCoordinatorError)
+    for _ in range(4):
+        try:
+            return admin.list_consumer_group_offsets(group)
+        except moving:
+            time.sleep(1)
+    return admin.list_consumer_group_offsets(group)  # the last try's error is reported
+
+
+def _mongodb_counts(settings: Settings, counts: Counts) -> None:
+    from pymongo import MongoClient
+
+    client: MongoClient[dict[str, Any]] = MongoClient(
+        settings.mongodb_uri, serverSelectionTimeoutMS=5000, connectTimeoutMS=5000
+    )
+    try:
+        images = client[settings.mongodb_database][settings.mongodb_collection]
+        counts.stored = images.count_documents({})
+        counts.labelled = images.count_documents({"prediction": {"$exists": True}})
+    finally:
+        client.close()
+
+
+def inference_health(url: str, timeout_s: float = 3.0) -> str:
+    """One line on the inference server at ``url``: its /healthz answer, or why there is none."""
+    import requests
+
+    try:
+        response = requests.get(f"{url.rstrip('/')}/healthz", timeout=timeout_s)
+    except requests.RequestException as exc:
+        return f"inference server {url}: not answering ({type(exc).__name__})"
+    try:
+        body = response.json()
+    except ValueError:
+        return f"inference server {url}: HTTP {response.status_code}, not the appliance's server"
+    detail = body.get("model") or body.get("error") or ""
+    return f"inference server {url}: {body.get('status', response.status_code)} {detail}".rstrip()
