@@ -42,6 +42,13 @@ def make_producer(settings: Settings, **overrides: object) -> KafkaProducer:
     return KafkaProducer(**config)
 
 
+# One fetch answer may carry this much (many images, or a few at MAX_IMAGE_BYTES). kafka-python
+# refuses any network frame over receive_message_max_bytes (1,000,000 by default) with "Invalid
+# frame length", then reconnects: room for a whole fetch and its framing.
+FETCH_MAX_BYTES = 64 * 1024 * 1024
+FRAME_OVERHEAD_BYTES = 1024 * 1024
+
+
 def make_consumer(
     settings: Settings, topics: Iterable[str], group_id: str, max_poll_records: int
 ) -> KafkaConsumer:
@@ -54,8 +61,9 @@ def make_consumer(
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_poll_records=max_poll_records,
-        fetch_max_bytes=64 * 1024 * 1024,
+        fetch_max_bytes=FETCH_MAX_BYTES,
         max_partition_fetch_bytes=settings.max_image_bytes * 2,
+        receive_message_max_bytes=FETCH_MAX_BYTES + FRAME_OVERHEAD_BYTES,
     )
 
 

@@ -101,3 +101,40 @@ def test_server_down_for_20_seconds_mid_run(
     )
     assert_complete(collection, samples, len(samples))
     assert "retrying" in inference.log()
+
+
+def test_an_image_of_2_mb_is_stored_and_labelled_without_frame_errors(
+    served_settings, consumers, collection, cifar_test_samples
+):
+    """Over the broker's and kafka-python's 1 MB defaults, under MAX_IMAGE_BYTES (4 MiB)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from appliance.datasets import Sample
+
+    pixels = np.random.default_rng(7).integers(0, 256, (820, 860, 3), np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
+    big = Sample("noise.png", buffer.getvalue(), "frog")
+    assert 2_000_000 < len(big.image) < served_settings.max_image_bytes
+    # With small images behind it, so that one fetch answer passes 1,000,000 bytes.
+    samples = [big, *cifar_test_samples[3:303]]
+    db = consumers("consume-db", served_settings)
+    inference = consumers("consume-inference", served_settings)
+    counts = producer.produce(served_settings, samples, devices=1, rate=0, count=len(samples),
+                              progress=False)  # fmt: skip
+    assert (counts.sent, counts.acknowledged, counts.failed) == (301, 301, 0)
+    wait_for(
+        lambda: labelled(collection) >= 301,
+        180,
+        "301 labelled documents",
+        on_timeout=lambda: db.log() + inference.log(),
+    )
+    doc = collection.find_one({"ground_truth": "frog", "content_type": "image/png"})
+    assert doc is not None and doc["image"] == big.image
+    assert doc["prediction"]["label"] in CIFAR10_CLASSES
+    for proc in (db, inference):
+        assert "Invalid frame length" not in proc.log_path.read_text(), proc.command
+        assert proc.alive
