@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from appliance import datasets, devservices, model, producer
 from appliance.config import Settings
+from appliance.ops.counts import label_quality, quality_lines
 from appliance.server.process import ServerProcess
 
 log = logging.getLogger(__name__)
@@ -162,14 +163,8 @@ def report(settings: Settings, began: float, expected: int, timeout: float) -> i
             time.sleep(1)
     stored = images.count_documents(this_run)
     labelled = images.count_documents(done)
-    correct = sum(
-        1
-        for d in images.find(done, {"ground_truth": 1, "prediction.label": 1})
-        if d.get("ground_truth") == d["prediction"]["label"]
-    )
+    quality = label_quality(images, this_run)
     client.close()
-    print(
-        f"stored {stored}, labelled {labelled} of {expected} images "
-        f"({correct} labels match ground truth)"
-    )
+    print(f"stored {stored}, labelled {labelled} of {expected} images")
+    print("\n".join(quality_lines(quality)))
     return 0 if stored == labelled == expected else 1

@@ -1,6 +1,7 @@
 """The pipeline's progress from Kafka and MongoDB: images in each topic, documents stored and
-labelled, and each consumer group's lag. `appliance stack status` and `appliance services status`
-print it; neither raises when a service is down, they say so.
+labelled, each consumer group's lag, and how many labels match the cameras' ground truth, per
+model id. `appliance stack status` and `appliance services status` print it; neither raises when a
+service is down, they say so.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ class Counts:
     stored: int = 0  # documents in the collection
     labelled: int = 0  # documents with a prediction
     lag: dict[str, int] = field(default_factory=dict)  # consumer group -> records not committed
+    # model id -> [labels matching ground truth, labelled documents that have a ground truth]
+    quality: dict[str, list[int]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
@@ -31,8 +34,31 @@ class Counts:
         if self.lag:
             lag = ", ".join(f"{group} {value}" for group, value in self.lag.items())
             lines.append(f"consumer lag: {lag}")
+        lines += quality_lines(self.quality)
         lines += [f"  ({error})" for error in self.errors]
         return lines
+
+
+def quality_lines(quality: dict[str, list[int]]) -> list[str]:
+    """E.g. "labels match ground truth: 912 of 1000 (91.2%), model resnet50-1a2b3c4d5e6f"."""
+    return [
+        f"labels match ground truth: {match} of {total} ({100 * match / total:.1f}%), model {model}"
+        for model, (match, total) in sorted(quality.items())
+        if total
+    ]
+
+
+def label_quality(collection: Any, query: dict[str, Any] | None = None) -> dict[str, list[int]]:
+    """Per model id: labels that match ground truth, of labelled documents that have one."""
+    quality: dict[str, list[int]] = {}
+    wanted = {**(query or {}), "prediction": {"$exists": True}, "ground_truth": {"$exists": True}}
+    # Only the two labels and the model id cross the wire, not the images.
+    for doc in collection.find(wanted, {"ground_truth": 1, "prediction.label": 1,
+                                         "prediction.model": 1}):  # fmt: skip
+        tally = quality.setdefault(doc["prediction"].get("model", "?"), [0, 0])
+        tally[0] += doc["ground_truth"] == doc["prediction"]["label"]
+        tally[1] += 1
+    return quality
 
 
 def measure(settings: Settings) -> Counts:
@@ -130,6 +156,7 @@ def _mongodb_counts(settings: Settings, counts: Counts) -> None:
         images = client[settings.mongodb_database][settings.mongodb_collection]
         counts.stored = images.count_documents({})
         counts.labelled = images.count_documents({"prediction": {"$exists": True}})
+        counts.quality = label_quality(images)
     finally:
         client.close()
 

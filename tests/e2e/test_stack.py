@@ -96,9 +96,11 @@ def test_cifar10_is_passed_through() -> None:
 
 
 def test_counts_read_as_lines() -> None:
-    counts = st.Counts(images=5, stored=5, labelled=4, lag={"g": 1}, errors=["boom"])
+    counts = st.Counts(images=5, stored=5, labelled=4, lag={"g": 1}, errors=["boom"],
+                       quality={"resnet50-b": [3, 4], "resnet50-a": [0, 0]})  # fmt: skip
     assert counts.lines() == [
         "images: 5 in Kafka, 5 stored, 4 labelled, 0 dead-lettered (0 prediction records)",
         "consumer lag: g 1",
+        "labels match ground truth: 3 of 4 (75.0%), model resnet50-b",
         "  (boom)",
     ]
