@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from appliance.ops import storage_bench
 from appliance.server.process import ServerProcess, default_workers
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--max-batch-wait-ms", type=float, default=5.0, help="server batch wait")
     add("--startup-timeout", type=float, default=180.0, help="seconds for a server to be ready")
     add("--skip-naive", action="store_true", help="leave out the naive server phase")
+    storage_bench.add_arguments(sub)
 
 
 @dataclass
@@ -67,6 +69,8 @@ class Result:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.bench == "storage":
+        return storage_bench.run(args)
     if min(args.batch, args.clients, args.rounds) < 1 or args.seconds <= 0:
         print(
             "bench serve: --batch, --clients, --rounds, --seconds must be positive", file=sys.stderr

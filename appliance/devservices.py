@@ -50,6 +50,13 @@ SLF4J_BINDING = ("org.slf4j", "slf4j-reload4j", "1.7.36")
 MAVEN_DEPENDENCY_PLUGIN_VERSION = "2.8"
 FERRETDB_MODULE = "github.com/FerretDB/FerretDB"
 FERRETDB_VERSION = "v1.24.0"
+# FerretDB 1.24's SQLite backend indexes _id as `_ferretdb_sjson->"_id"` but looks documents up
+# by `_ferretdb_sjson->'$._id'`: the same value, but SQLite matches index expressions by their
+# text, so every find, update and delete by _id scanned the whole table (the DB consumer's
+# upserts slowed as the collection grew). The build makes the lookup use the index's expression.
+FERRETDB_ID_LOOKUP = ("IDColumn = DefaultColumn + \"->'$._id'\"",
+                      'IDColumn = DefaultColumn + `->"_id"`')  # fmt: skip
+FERRETDB_PATCH_LEVEL = "p1"  # in the cached binary's name: a new patch rebuilds it
 
 HOST = "127.0.0.1"
 KAFKA_MESSAGE_MAX_BYTES = 16 * 1024 * 1024
@@ -407,7 +414,7 @@ def kafka_libs_cached(cache_dir: Path) -> bool:
 
 
 def ferretdb_binary(cache_dir: Path) -> Path:
-    return cache_dir / "bin" / f"ferretdb-{FERRETDB_VERSION}"
+    return cache_dir / "bin" / f"ferretdb-{FERRETDB_VERSION}-{FERRETDB_PATCH_LEVEL}"
 
 
 @contextlib.contextmanager
@@ -579,7 +586,17 @@ def _ferretdb_source(go: str, build_dir: Path, log_path: Path, out: TextIO) -> P
     shutil.copytree(module_dir, source)
     _make_writable(source)  # the module cache is read-only, and so is a copy of it
     (source / "build" / "version" / "version.txt").write_text(FERRETDB_VERSION + "\n")
+    _patch_id_lookup(source / "internal" / "backends" / "sqlite" / "metadata" / "metadata.go")
     return source
+
+
+def _patch_id_lookup(path: Path) -> None:
+    """See FERRETDB_ID_LOOKUP; refuses a source that does not read as expected."""
+    old, new = FERRETDB_ID_LOOKUP
+    text = path.read_text()
+    if text.count(old) != 1:
+        raise ServiceError(f"cannot patch FerretDB's _id lookup: {path} has no line `{old}`")
+    path.write_text(text.replace(old, new))
 
 
 def _make_writable(root: Path) -> None:

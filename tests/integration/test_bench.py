@@ -21,3 +21,27 @@ def test_bench_serve_runs_and_reports_every_phase(model_path: Path, tmp_path: Pa
         assert float(line[1]) > 0, line[0]
     assert re.search(r"^server / in-process: [\d.]+", done.stdout, re.M), done.stdout
     assert re.search(r"^server / naive: [\d.]+x", done.stdout, re.M), done.stdout
+
+
+def test_bench_storage_runs_and_reports_each_size(services, tmp_path: Path) -> None:
+    argv = [sys.executable, "-m", "appliance", "bench", "storage", "--uri", services.mongodb_uri,
+            "--uri", services.mongodb_uri, "--sizes", "20,60", "--image-bytes", "100"]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = [line.split() for line in done.stdout.splitlines() if line.startswith("mongodb://")]
+    assert [int(row[1]) for row in rows] == [20, 60, 20, 60], done.stdout
+    for row in rows:
+        assert all(float(value) > 0 for value in row[2:]), row
+    # The throwaway collections are gone.
+    from pymongo import MongoClient
+
+    client: MongoClient = MongoClient(services.mongodb_uri)
+    assert client["appliance_bench"].list_collection_names() == []
+    client.close()
+
+
+def test_bench_storage_refuses_sizes_that_do_not_rise(tmp_path: Path) -> None:
+    argv = [sys.executable, "-m", "appliance", "bench", "storage", "--sizes", "50,20"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 2
+    assert "--sizes must rise and be positive, got '50,20'" in done.stderr

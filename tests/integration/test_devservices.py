@@ -217,6 +217,25 @@ def test_mongodb_upserts_with_set_and_min(stack: Stack) -> None:
         client.close()
 
 
+def test_a_lookup_by_id_uses_the_id_index(stack: Stack) -> None:
+    """The stand-in's _id lookups search its index; unpatched FerretDB 1.24 scanned the table."""
+    if not any(s.name == "mongodb" and "FerretDB" in s.detail for s in ds.status(stack.config)):
+        pytest.skip("a real mongod serves here: the FerretDB build is not in use")
+    client: MongoClient[dict[str, object]] = MongoClient(
+        stack.endpoints.mongodb_uri, serverSelectionTimeoutMS=10_000
+    )
+    try:
+        db = client["devservices_test"]
+        db["images"].insert_many([{"_id": f"img-{n}", "n": n} for n in range(100)])
+        explained = db.command("explain", {"find": "images", "filter": {"_id": "img-42"}})
+        (plan,) = explained["queryPlanner"]["Plan"]
+        assert "SEARCH" in plan and "USING INDEX" in plan, plan
+        assert db["images"].find_one({"_id": "img-42"}) == {"_id": "img-42", "n": 42}
+    finally:
+        client.drop_database("devservices_test")
+        client.close()
+
+
 def test_down_stops_everything_removes_the_data_and_frees_the_ports(stack: Stack) -> None:
     # Last in this module: the stack fixture's own teardown then finds nothing to stop.
     pids = [(entry.pid, entry.name) for entry in ds.status(stack.config)]
