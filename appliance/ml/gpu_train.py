@@ -32,6 +32,7 @@ import numpy as np
 from appliance import __version__, datasets, model
 from appliance.evaluate import EvaluationError, balanced_order, decode_samples, label_indices
 from appliance.ml import pieces
+from appliance.ml.schedule import Schedule, duration, planned_steps
 from appliance.train import DATA_SHA256_METHOD, data_sha256
 
 STARTED = time.monotonic()  # the budget counts from here (the imports above are cheap)
@@ -58,37 +59,6 @@ class Recipe:
     @property
     def pad(self) -> int:
         return max(1, round(4 * self.input_size / 32))  # as appliance.train: 4 px at 32x32
-
-
-class Schedule:
-    """Linear warm-up from peak/25 to the peak, then linear to zero at the ``total``-th step.
-
-    :meth:`replan` moves the end; past the warm-up the decay re-anchors at the current rate.
-    """
-
-    def __init__(self, peak: float, warmup: int, total: int) -> None:
-        self.peak, self.warmup, self.total = peak, warmup, total
-        self.anchor, self.anchor_lr = warmup, peak
-
-    def __call__(self, step: int) -> float:
-        if step < self.warmup:
-            return self.peak / 25 + (self.peak - self.peak / 25) * step / self.warmup
-        if step >= self.total:
-            return 0.0
-        return self.anchor_lr * (self.total - step) / max(self.total - self.anchor, 1)
-
-    def replan(self, step: int, total: int) -> None:
-        total = max(total, step + 1)
-        if step < self.warmup:  # a short run keeps a fifth of its steps for the warm-up at most
-            self.warmup = self.anchor = min(self.warmup, total // 5)
-        else:
-            self.anchor_lr, self.anchor = self(step), step
-        self.total = total
-
-
-def _duration(seconds: float) -> str:
-    minutes, secs = divmod(round(max(seconds, 0)), 60)
-    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 def elapsed() -> float:
@@ -227,7 +197,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         label_smoothing=args.label_smoothing, seed=args.seed,
     )  # fmt: skip
     log.info("keras %s on %s, jax %s; budget %s", keras.__version__, device, jax.__version__,
-             _duration(deadline))  # fmt: skip
+             duration(deadline))  # fmt: skip
     size = recipe.input_size
     train_x, train_y, _ = load_split(args.data, "train", size, args.limit_train, recipe.seed)
     test_x, test_y, test_names = load_split(args.data, "test", size, args.limit_test, recipe.seed)
@@ -258,12 +228,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.steps or args.epochs:
         schedule.replan(0, planned)
 
+    orders: dict[int, np.ndarray] = {}
+
     def step_once(step: int):
         epoch, k = divmod(step, per_epoch)
-        order = np.random.default_rng([recipe.seed, epoch]).permutation(n)
-        index = order[k * recipe.batch_size : (k + 1) * recipe.batch_size].astype(np.int32)
+        if epoch not in orders:  # each epoch's order as appliance.train draws it
+            orders.clear()
+            orders[epoch] = np.random.default_rng([recipe.seed, epoch]).permutation(n)
+        index = orders[epoch][k * recipe.batch_size : (k + 1) * recipe.batch_size]
         lr = np.float32(schedule(step))
-        return train_step(state, all_x, all_y, index, np.int32(step), lr)
+        return train_step(state, all_x, all_y, index.astype(np.int32), np.int32(step), lr)
 
     # Compile both functions first (the first training step is a real one), then time steps.
     began = time.monotonic()
@@ -279,15 +253,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     def reserve(rate: float) -> float:
         # The test set through the float32 model (taken as slow as a training image), writing.
         return len(test_x) / rate + 20.0
-
-    def budget_total(step: int, rate: float) -> int:
-        left = deadline - elapsed() - reserve(rate)
-        total = step + max(0, int(left * rate / recipe.batch_size))
-        if total >= 3 * per_epoch:
-            total = total // per_epoch * per_epoch  # whole epochs when there are several
-        if args.epochs:
-            total = min(total, args.epochs * per_epoch)
-        return max(total, step + 1)
 
     step, losses, corrects = 1, [], []
     probe = 1 + min(10, max(planned - 1, 0))
@@ -307,8 +272,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         jax.block_until_ready(loss)
         now = time.monotonic()
         rate = (step - mark_step) * recipe.batch_size / max(now - mark, 1e-9)
-        if boundary and not args.steps:  # plan (then re-plan each epoch) from the measured rate
-            total = budget_total(step, rate)
+        # Plan, then re-plan each epoch, from the measured rate (a schedule at its end stays).
+        if boundary and not args.steps and step < schedule.total:
+            left = deadline - elapsed() - reserve(rate)
+            total = planned_steps(step, rate, left, recipe.batch_size, per_epoch, args.epochs)
             if abs(total - schedule.total) > 0.02 * schedule.total:
                 log.info(
                     "%s: %d steps (%.1f epochs) at %.0f img/s",
@@ -324,8 +291,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "epoch %.1f/%.1f step %d/%d  loss %.4f acc %.3f  lr %.4f  %.0f img/s  %s in, "
             "done in ~%s (at ~%s of %s)",
             step / per_epoch, schedule.total / per_epoch, step, schedule.total, mean_loss,
-            accuracy, schedule(step), rate, _duration(elapsed()), _duration(left),
-            _duration(elapsed() + left), _duration(deadline),
+            accuracy, schedule(step), rate, duration(elapsed()), duration(left),
+            duration(elapsed() + left), duration(deadline),
         )  # fmt: skip
         losses, corrects, mark, mark_step, last_log = [], [], now, step, now
     jax.block_until_ready(state)
@@ -371,7 +338,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     log.info(
         "wrote %s: %d pieces, %.1f MiB in all; %d steps (%.1f epochs), test top-1 %.2f%%, %s",
         args.out, len(files), total_bytes / 2**20, step, step / per_epoch, 100 * accuracy,
-        _duration(elapsed()),
+        duration(elapsed()),
     )  # fmt: skip
     return manifest
 
