@@ -8,7 +8,8 @@ SOURCE ?= $(firstword $(wildcard ../shared/data/cifar10-jpg.tar.gz) cifar10)
 COUNT ?= 1000
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test test-unit lint services services-stop services-status model evaluate bench-serve clean
+.PHONY: help venv run test test-unit test-gpu-path lint services services-stop services-status model \
+	gpu-bundle gpu-import evaluate bench-serve clean
 
 help: ## List the targets.
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -25,6 +26,9 @@ run: venv ## Run the whole pipeline locally (services, server, consumers, camera
 
 test: venv ## Unit and integration tests (starts Kafka and the MongoDB-protocol server itself).
 	$(BIN)/pytest
+
+test-gpu-path: venv ## The GPU training path on this CPU: a Keras/JAX venv (build/jax-venv), a tiny run, the import.
+	APPLIANCE_TEST_GPU_PATH=1 $(BIN)/pytest -v tests/integration/test_gpu_path.py
 
 test-unit: venv ## Run the tests that need no services.
 	$(BIN)/pytest tests/unit
@@ -44,6 +48,13 @@ services-status: venv ## Show whether they are running and healthy.
 
 model: venv ## Train the ResNet50 on CIFAR-10 into build/model/ (resumes if interrupted).
 	$(BIN)/appliance train --data $(SOURCE) --out build/model/resnet50.keras
+
+gpu-bundle: venv ## Pinned Keras wheels + the CIFAR-10 archive for a GPU run, in build/gpu-bundle (carry it).
+	$(BIN)/python -m appliance.ml.gpu_bundle
+
+gpu-import: venv ## The artifact from a GPU run's output folder: make gpu-import GPU_OUT=DIR
+	@test -n "$(GPU_OUT)" || { echo "gpu-import: say where the GPU run's files are: make gpu-import GPU_OUT=DIR"; exit 2; }
+	$(BIN)/appliance model import-weights $(GPU_OUT) --out build/model/resnet50.keras --data $(SOURCE)
 
 evaluate: venv ## Evaluate build/model/resnet50.keras on the test split.
 	$(BIN)/appliance evaluate build/model/resnet50.keras $(SOURCE)

@@ -44,6 +44,9 @@ MAX_ABS_DIFF = 1e-5
 
 def jax_python() -> Path:
     """build/jax-venv's python, made once (remade when the pins change); skip if pip cannot."""
+    if os.environ.get("APPLIANCE_TEST_GPU_PATH") != "1":
+        # Minutes and a 700 MB venv: kept out of `make test` (and CI's hour).
+        pytest.skip("the JAX run of the GPU path runs with `make test-gpu-path`")
     python, stamp = JAX_VENV / "bin" / "python", JAX_VENV / "pins.txt"
     if stamp.exists() and stamp.read_text() == "\n".join(JAX_PINS):
         return python
