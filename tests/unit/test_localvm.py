@@ -98,6 +98,7 @@ def test_under_emulation_each_image_gets_its_defaults_unless_set(bakes, tmp_path
     boots = cloud.plan(state).by_role()
     assert "SERVER_WORKERS=1" in boots["ml-server"].user_data
     assert "KAFKA_JVM_OPTS=-XX:TieredStopAtLevel=1" in boots["kafka"].user_data
+    assert "INFERENCE_BATCH_SIZE=8" in boots["kafka"].user_data
     assert "SERVER_WORKERS" not in boots["kafka"].user_data
     assert "KAFKA_JVM_OPTS" not in boots["ml-server"].user_data
     # A setting given for all images, or for one, wins over the default.
