@@ -20,7 +20,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from appliance.consumer_db import WRITE_CHUNK
+from appliance.consumer_db import write
 
 DEFAULT_SIZES = (1000, 5000, 20000)
 DEFAULT_IMAGE_BYTES = 3000  # a CIFAR-10 JPEG is 1-3 KB
@@ -58,16 +58,9 @@ def parse_sizes(text: str) -> list[int]:
     return sizes
 
 
-def _upserts(ids: list[str], fields: dict[str, Any]) -> list[Any]:
-    from pymongo import UpdateOne
-
-    return [UpdateOne({"_id": i}, {"$set": fields, "$min": {"stored_at": time.time()}}, upsert=True)
-            for i in ids]  # fmt: skip
-
-
-def _bulk(collection: Any, ops: list[Any]) -> None:
-    for start in range(0, len(ops), WRITE_CHUNK):
-        collection.bulk_write(ops[start : start + WRITE_CHUNK], ordered=False)
+def _updates(ids: list[str], fields: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
+    """One merged update per id, as the DB consumer builds them (``consumer_db.updates_for``)."""
+    return {i: {"$set": fields, "$min": {"stored_at": time.time()}} for i in ids}
 
 
 def measure(collection: Any, sizes: list[int], image_bytes: int, label: str) -> list[Step]:
@@ -83,13 +76,13 @@ def measure(collection: Any, sizes: list[int], image_bytes: int, label: str) -> 
             began = time.perf_counter()
             for start in range(0, len(new), 500):
                 part = new[start : start + 500]
-                _bulk(collection, _upserts(part, {"image": image, "device_id": "bench"}))
+                write(collection, _updates(part, {"image": image, "device_id": "bench"}))
                 bar.update(len(part))
             inserts = len(new) / (time.perf_counter() - began)
             ids += new
             probe = rng.sample(ids, min(PROBES, len(ids)))
             began = time.perf_counter()
-            _bulk(collection, _upserts(probe, {"prediction": {"label": "cat", "confidence": 0.5}}))
+            write(collection, _updates(probe, {"prediction": {"label": "cat", "confidence": 0.5}}))
             updates = len(probe) / (time.perf_counter() - began)
             began = time.perf_counter()
             for image_id in probe[:100]:
