@@ -109,7 +109,7 @@ def _kafka_counts(settings: Settings, counts: Counts) -> None:
             settings.group_inference: (settings.topic_images,),
         }
         for group, group_topics in groups.items():
-            committed = _committed(admin, consumer, group)
+            committed = _committed(admin, group)
             lag = 0
             for tp, end in ends.items():
                 if tp.topic not in group_topics:
@@ -123,7 +123,7 @@ def _kafka_counts(settings: Settings, counts: Counts) -> None:
         admin.close()
 
 
-def _committed(admin: Any, consumer: Any, group: str) -> dict[Any, Any]:
+def _committed(admin: Any, group: str) -> dict[Any, Any]:
     """The group's committed offsets: none while no group has ever committed on this broker."""
     import time
 
@@ -134,8 +134,9 @@ def _committed(admin: Any, consumer: Any, group: str) -> dict[Any, Any]:
     )
 
     # A broker makes its offsets topic at the first group request; asking before that would make
-    # it, and leave the coordinator moving for a few seconds.
-    if "__consumer_offsets" not in consumer.topics():
+    # it, and leave the coordinator moving for a few seconds. (The admin client, not the
+    # consumer: a consumer's topics() never lists internal topics.)
+    if "__consumer_offsets" not in admin.list_topics():
         return {}
     moving = (CoordinatorLoadInProgressError, CoordinatorNotAvailableError, NotCoordinatorError)
     for _ in range(4):

@@ -37,3 +37,37 @@ def test_label_quality_per_model_counts_only_labelled_images_with_a_ground_truth
     assert (counts.stored, counts.labelled) == (6, 5)
     assert "labels match ground truth: 2 of 3 (66.7%), model resnet50-a" in counts.lines()
     assert "labels match ground truth: 1 of 1 (100.0%), model resnet50-b" in counts.lines()
+
+
+def test_lag_counts_what_each_group_has_not_committed(settings):
+    from kafka import KafkaConsumer, KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers)
+    for n in range(5):
+        producer.send(settings.topic_images, f"image {n}".encode())
+    producer.flush()
+    producer.close()
+
+    consumer = KafkaConsumer(
+        settings.topic_images,
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        group_id=settings.group_inference,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    try:
+        read = 0
+        for _ in range(30):
+            read += sum(len(batch) for batch in consumer.poll(timeout_ms=1000).values())
+            if read >= 5:
+                break
+        assert read == 5
+        consumer.commit()
+    finally:
+        consumer.close()
+
+    counts = measure(settings)
+    assert counts.errors == []
+    assert counts.images == 5
+    # The inference group committed all five; the DB group never started, so all five wait.
+    assert counts.lag == {settings.group_db: 5, settings.group_inference: 0}
