@@ -3,7 +3,9 @@
 Reads `images` and `predictions`, upserts by image_id in bulk, and commits offsets only after
 MongoDB acknowledged the write. Every field is written with ``$set`` (same message, same value) and
 the arrival times with ``$min`` (first arrival wins), so either arrival order gives one complete
-document and replaying both topics changes nothing.
+document and replaying both topics changes nothing. An arrival time (`stored_at`, `labelled_at`) is
+the moment its chunk of the bulk write is sent, not when the batch was read: under a backlog the
+batch may wait for earlier chunks or for a retry, and latency read from the document would hide it.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from bson.binary import Binary
 from kafka.consumer.fetcher import ConsumerRecord
@@ -44,11 +47,22 @@ class Stats:
     batches: int = 0
 
 
+@dataclass
+class Update:
+    """One image_id's merged update: fields to set, and arrival times to stamp when written."""
+
+    fields: dict = field(default_factory=dict)  # written with $set
+    arrivals: set[str] = field(default_factory=set)  # stamped at write time with $min
+
+    def document(self, now: float) -> dict[str, dict]:
+        return {"$set": self.fields, "$min": dict.fromkeys(sorted(self.arrivals), now)}
+
+
 def updates_for(
-    records: list[ConsumerRecord], settings: Settings, now: float
-) -> tuple[dict[str, dict[str, dict]], list[tuple[ConsumerRecord, str]], Stats]:
+    records: list[ConsumerRecord], settings: Settings
+) -> tuple[dict[str, Update], list[tuple[ConsumerRecord, str]], Stats]:
     """Turn a batch into one merged update per image_id, plus the records to dead-letter."""
-    updates: dict[str, dict[str, dict]] = {}
+    updates: dict[str, Update] = {}
     bad: list[tuple[ConsumerRecord, str]] = []
     stats = Stats()
     for record in records:
@@ -65,7 +79,7 @@ def updates_for(
                 }
                 if msg.ground_truth is not None:
                     fields["ground_truth"] = msg.ground_truth
-                first = {"stored_at": now}
+                arrival = "stored_at"
                 stats.images += 1
             else:
                 pred = parse_prediction_message(record.value)
@@ -78,28 +92,35 @@ def updates_for(
                         "inferred_at": pred.inferred_at,
                     }
                 }
-                first = {"labelled_at": now}
+                arrival = "labelled_at"
                 stats.predictions += 1
         except BadMessage as exc:
             bad.append((record, str(exc)))
             continue
-        update = updates.setdefault(msg.image_id, {"$set": {}, "$min": {}})
-        update["$set"].update(fields)
-        update["$min"].update(first)
+        update = updates.setdefault(msg.image_id, Update())
+        update.fields.update(fields)
+        update.arrivals.add(arrival)
     stats.dead_lettered = len(bad)
     return updates, bad, stats
 
 
-def write(collection: Collection, updates: dict[str, dict[str, dict]]) -> bool:
-    if not updates:
-        return True
-    ops = [
-        UpdateOne({"_id": image_id}, update, upsert=True) for image_id, update in updates.items()
-    ]
+def write(
+    collection: Collection,
+    updates: dict[str, Update],
+    clock: Callable[[], float] = time.time,
+) -> bool:
+    """Upsert every update, in chunks; each chunk's arrival times are the moment it is sent."""
+    items = list(updates.items())
     try:
-        # Chunks that succeed before a failure are simply written again on retry: idempotent.
-        for start in range(0, len(ops), WRITE_CHUNK):
-            collection.bulk_write(ops[start : start + WRITE_CHUNK], ordered=False)
+        # Chunks that succeed before a failure are simply written again on retry: idempotent
+        # ($min keeps the first arrival time).
+        for start in range(0, len(items), WRITE_CHUNK):
+            now = clock()
+            ops = [
+                UpdateOne({"_id": image_id}, update.document(now), upsert=True)
+                for image_id, update in items[start : start + WRITE_CHUNK]
+            ]
+            collection.bulk_write(ops, ordered=False)
     except BulkWriteError as exc:
         codes = {e.get("code") for e in exc.details.get("writeErrors", [])}
         if codes == {DUPLICATE_KEY}:
@@ -147,7 +168,7 @@ def consume(settings: Settings, stopper: kafkaio.Stopper, idle_exit: float | Non
     )
     try:
         for records in kafkaio.batches(consumer, settings.db_batch_size, stopper, idle_exit):
-            updates, bad, stats = updates_for(records, settings, time.time())
+            updates, bad, stats = updates_for(records, settings)
             done = kafkaio.retry_paused(
                 consumer,
                 lambda updates=updates: write(collection, updates),

@@ -20,7 +20,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from appliance.consumer_db import write
+from appliance.consumer_db import Update, write
 
 DEFAULT_SIZES = (1000, 5000, 20000)
 DEFAULT_IMAGE_BYTES = 3000  # a CIFAR-10 JPEG is 1-3 KB
@@ -58,15 +58,15 @@ def parse_sizes(text: str) -> list[int]:
     return sizes
 
 
-def _updates(ids: list[str], fields: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
+def _updates(ids: list[str], fields: dict[str, Any], arrival: str) -> dict[str, Update]:
     """One merged update per id, as the DB consumer builds them (``consumer_db.updates_for``)."""
-    return {i: {"$set": fields, "$min": {"stored_at": time.time()}} for i in ids}
+    return {i: Update(fields, {arrival}) for i in ids}
 
 
 def measure(collection: Any, sizes: list[int], image_bytes: int, label: str) -> list[Step]:
     from bson import Binary
 
-    image = Binary(os.urandom(image_bytes))
+    image = {"image": Binary(os.urandom(image_bytes)), "device_id": "bench"}
     ids: list[str] = []
     steps = []
     rng = random.Random(0)
@@ -76,13 +76,14 @@ def measure(collection: Any, sizes: list[int], image_bytes: int, label: str) -> 
             began = time.perf_counter()
             for start in range(0, len(new), 500):
                 part = new[start : start + 500]
-                write(collection, _updates(part, {"image": image, "device_id": "bench"}))
+                write(collection, _updates(part, image, "stored_at"))
                 bar.update(len(part))
             inserts = len(new) / (time.perf_counter() - began)
             ids += new
             probe = rng.sample(ids, min(PROBES, len(ids)))
             began = time.perf_counter()
-            write(collection, _updates(probe, {"prediction": {"label": "cat", "confidence": 0.5}}))
+            label = {"prediction": {"label": "cat", "confidence": 0.5}}
+            write(collection, _updates(probe, label, "labelled_at"))
             updates = len(probe) / (time.perf_counter() - began)
             began = time.perf_counter()
             for image_id in probe[:100]:

@@ -154,3 +154,31 @@ def test_mongodb_late_at_start_is_waited_for_by_address_then_caught_up(
         assert collection.count_documents({}) == 100 and db.alive
     finally:
         relay.close()
+
+
+def test_arrival_times_are_stamped_as_each_chunk_is_written(collection):
+    from appliance.consumer_db import WRITE_CHUNK, Update, write
+
+    sent: list[float] = []
+
+    def clock() -> float:
+        sent.append(time.time())
+        return sent[-1]
+
+    ids = [f"img-{n:04d}" for n in range(2 * WRITE_CHUNK + 1)]
+    read_at = time.time()  # the batch is read here; writing it starts later
+    updates = {i: Update({"device_id": "camera-01"}, {"stored_at"}) for i in ids}
+    time.sleep(0.2)
+    write(collection, updates, clock)
+
+    assert len(sent) == 3, "one stamp per chunk"
+    docs = {d["_id"]: d for d in collection.find()}
+    for n, image_id in enumerate(ids):
+        assert docs[image_id]["stored_at"] == sent[n // WRITE_CHUNK]
+        assert docs[image_id]["stored_at"] >= read_at + 0.2
+
+    # Written again (a retry, a replay): the first arrival stays; a new arrival is added.
+    write(collection, {ids[0]: Update({"device_id": "camera-01"}, {"stored_at", "labelled_at"})})
+    again = collection.find_one({"_id": ids[0]})
+    assert again["stored_at"] == sent[0]
+    assert again["labelled_at"] > sent[-1]
