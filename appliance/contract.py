@@ -1,7 +1,14 @@
 """The message contract of DESIGN.md: build, parse and validate `images` and `predictions` messages.
 
 Parsing never trusts its input: every failure is a :class:`BadMessage` whose text is the reason
-that goes to the dead-letter topic.
+that goes to the dead-letter topic. What is checked beyond the fields' presence and types:
+
+- `image_id` (the document's `_id` and the message key): 1 to 128 characters from letters, digits,
+  `.`, `_`, `:` and `-`. A UUID is usual, but any such name is kept as given.
+- `timestamp` and `inferred_at`: finite, not negative, and at most a day ahead of this host's clock
+  (further ahead is almost always milliseconds sent as seconds).
+- `confidence`: between 0 and 1. `label`: one of :data:`LABELS`, CIFAR-10's classes.
+- Fields the contract does not name are ignored: not stored, not an error.
 """
 
 from __future__ import annotations
@@ -9,6 +16,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -17,6 +26,13 @@ from typing import Any
 from appliance.imaging import ImageError, decode_rgb, sniff_content_type
 
 SCHEMA = 1
+# The labels a prediction may carry: CIFAR-10's classes, in the model's output order.
+LABELS: tuple[str, ...] = (
+    "airplane", "automobile", "bird", "cat", "deer",
+    "dog", "frog", "horse", "ship", "truck",
+)  # fmt: skip
+IMAGE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+MAX_CLOCK_AHEAD_S = 24 * 3600
 
 
 class BadMessage(ValueError):
@@ -110,12 +126,41 @@ def _field(body: dict[str, Any], name: str, kinds: type | tuple[type, ...], requ
     return value
 
 
+def _image_id(body: dict[str, Any]) -> str:
+    image_id = _field(body, "image_id", str)
+    if not IMAGE_ID.fullmatch(image_id):
+        raise BadMessage(
+            f"field 'image_id' must be 1-128 letters, digits, '.', '_', ':' or '-': "
+            f"got {image_id[:60]!r}{'...' if len(image_id) > 60 else ''}"
+        )
+    return image_id
+
+
+def _epoch(body: dict[str, Any], name: str, now: float, required: bool = True) -> float | None:
+    value = _field(body, name, (int, float), required)
+    if value is None:
+        return None
+    if not math.isfinite(value) or value < 0:
+        raise BadMessage(f"field {name!r} must be seconds since the epoch: got {value!r}")
+    if value > now + MAX_CLOCK_AHEAD_S:
+        raise BadMessage(
+            f"field {name!r} is {value!r}, over a day ahead of this host's clock ({now:.0f}); "
+            "milliseconds instead of seconds?"
+        )
+    return float(value)
+
+
 def parse_image_message(
-    value: bytes | None, max_image_bytes: int, max_pixels: int, decode: bool = True
+    value: bytes | None,
+    max_image_bytes: int,
+    max_pixels: int,
+    decode: bool = True,
+    now: float | None = None,
 ) -> ImageMessage:
     """Validate an `images` message; with ``decode`` the image is fully decoded as a check."""
     body = _load_object(value)
-    image_id = _field(body, "image_id", str)
+    image_id = _image_id(body)
+    timestamp = _epoch(body, "timestamp", time.time() if now is None else now, required=False)
     encoded = _field(body, "image", str)
     if len(encoded) > (max_image_bytes * 4) // 3 + 4:
         raise BadMessage(f"image too large: over {max_image_bytes} bytes")
@@ -132,19 +177,28 @@ def parse_image_message(
     return ImageMessage(
         image_id=image_id,
         device_id=_field(body, "device_id", str, required=False) or "unknown",
-        timestamp=float(_field(body, "timestamp", (int, float), required=False) or 0.0),
+        timestamp=timestamp or 0.0,
         image=image,
         content_type=content_type,
         ground_truth=_field(body, "ground_truth", str, required=False),
     )
 
 
-def parse_prediction_message(value: bytes | None) -> PredictionMessage:
+def parse_prediction_message(value: bytes | None, now: float | None = None) -> PredictionMessage:
     body = _load_object(value)
+    image_id = _image_id(body)
+    label = _field(body, "label", str)
+    if label not in LABELS:
+        raise BadMessage(f"field 'label' is {label[:60]!r}, not a CIFAR-10 class")
+    confidence = _field(body, "confidence", (int, float))
+    if not 0.0 <= confidence <= 1.0:  # also false for NaN
+        raise BadMessage(f"field 'confidence' must be between 0 and 1: got {confidence!r}")
+    inferred_at = _epoch(body, "inferred_at", time.time() if now is None else now)
+    assert inferred_at is not None  # required
     return PredictionMessage(
-        image_id=_field(body, "image_id", str),
-        label=_field(body, "label", str),
-        confidence=float(_field(body, "confidence", (int, float))),
+        image_id=image_id,
+        label=label,
+        confidence=float(confidence),
         model=_field(body, "model", str),
-        inferred_at=float(_field(body, "inferred_at", (int, float))),
+        inferred_at=inferred_at,
     )

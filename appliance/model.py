@@ -25,15 +25,13 @@ from typing import BinaryIO
 import numpy as np
 
 from appliance import __version__
+from appliance.contract import LABELS
 from appliance.imaging import PREPROCESSING
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 log = logging.getLogger(__name__)
 
-CIFAR10_CLASSES: tuple[str, ...] = (
-    "airplane", "automobile", "bird", "cat", "deer",
-    "dog", "frog", "horse", "ship", "truck",
-)  # fmt: skip
+CIFAR10_CLASSES = LABELS
 # Per-channel statistics of the CIFAR-10 training set (0..255 scale), used inside the model.
 CIFAR10_MEAN = (125.3, 123.0, 113.9)
 CIFAR10_STD = (63.0, 62.1, 66.7)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import signal
 import threading
 import time
@@ -182,3 +183,48 @@ def test_arrival_times_are_stamped_as_each_chunk_is_written(collection):
     again = collection.find_one({"_id": ids[0]})
     assert again["stored_at"] == sent[0]
     assert again["labelled_at"] > sent[-1]
+
+
+def test_edge_cases_land_where_the_contract_says(
+    settings, consumers, collection, cifar_test_samples
+):
+    """Each case beyond the malformed ones: dead-lettered with a reason, or stored as written
+    down in appliance/contract.py and the README."""
+    from appliance import kafkaio
+
+    from .test_dead_letters import read_topic
+
+    kafkaio.ensure_topics(settings)
+    sample = cifar_test_samples[0]
+    _, image = encode_image_message(sample.image, "camera-01", sample.label, image_id="img-extra")
+    extra = json.dumps({**json.loads(image), "colour": "red"}).encode()
+    send_all(settings, settings.topic_images, [("img-extra", extra)])
+    send_all(settings, settings.topic_predictions, [
+        # two predictions for one image: the later one in the partition (keyed by image_id) wins
+        encode_prediction_message("img-extra", "cat", 0.6, "model-a", 100.0),
+        encode_prediction_message("img-extra", "dog", 0.7, "model-b", 101.0),
+        # a prediction whose image never arrives: a document with the prediction only
+        encode_prediction_message("img-orphan", "ship", 0.9, "model-a", 102.0),
+        # a label outside CIFAR-10: dead-lettered
+        encode_prediction_message("img-sofa", "sofa", 0.9, "model-a", 103.0),
+    ])  # fmt: skip
+    db = consumers("consume-db", settings)
+    wait_for(lambda: collection.count_documents({}) == 2, 60, "two documents", on_timeout=db.log)
+    (dead,) = read_topic(settings, settings.topic_dlq, 1)
+    assert dead.key == b"img-sofa"
+    reason = dict(dead.headers)[kafkaio.DLQ_REASON].decode()
+    assert "'label' is 'sofa', not a CIFAR-10 class" in reason
+
+    doc = collection.find_one({"_id": "img-extra"})
+    assert "colour" not in doc, "fields outside the contract are not stored"
+    assert doc["prediction"]["label"] == "dog" and doc["prediction"]["model"] == "model-b"
+    orphan = collection.find_one({"_id": "img-orphan"})
+    assert set(orphan) == {"_id", "prediction", "labelled_at"}
+
+    # Deterministic: a replay of both topics from the start gives the same documents.
+    before = {d["_id"]: d for d in collection.find()}
+    db.kill(signal.SIGTERM)
+    replay = dataclasses.replace(settings, group_db=settings.group_db + "-replay")
+    replayer = consumers("consume-db", replay)
+    wait_for(lambda: _lag_zero(replay), 60, "the replay to finish", on_timeout=replayer.log)
+    assert {d["_id"]: d for d in collection.find()} == before

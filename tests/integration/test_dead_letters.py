@@ -49,7 +49,16 @@ def bad_messages() -> dict[bytes, tuple[bytes, str]]:
             "not an image",
         ),
         b"bad-bomb": (bomb, "too large: 10000x10000"),
+        b"bad-id": (fields(image_id="bad id/1"), "'image_id' must be 1-128 letters"),
+        b"bad-nan-time": (fields(timestamp=float("nan")), "'timestamp' must be seconds"),
+        b"bad-ms-time": (fields(timestamp=time.time() * 1000), "milliseconds instead of seconds"),
     }
+
+
+def fields(**overrides) -> bytes:
+    """A valid image message, but for ``overrides``."""
+    _, value = encode_image_message(png(8, 8), "camera-x", image_id="bad-fields")
+    return json.dumps({**json.loads(value), **overrides}).encode()
 
 
 def read_topic(settings, topic: str, expected: int, timeout: float = 30.0) -> list:
@@ -82,11 +91,12 @@ def test_bad_messages_are_dead_lettered_once(
     bad_items = list(bad.items())
     for n, (key, value) in enumerate(good):
         producer.send(settings.topic_images, key=key.encode(), value=value)
-        if n % 12 == 5 and bad_items:
+        if n % 7 == 3 and bad_items:
             bad_key, (bad_value, _) = bad_items.pop()
             producer.send(settings.topic_images, key=bad_key, value=bad_value)
     producer.flush()
     producer.close()
+    assert not bad_items, "every bad message was sent"
 
     good_ids = [key for key, _ in good]
     wait_for(

@@ -105,3 +105,66 @@ def test_prediction_round_trip_and_errors():
                 }
             ).encode()
         )
+
+
+NOW = 1_764_300_000.0
+
+
+def image_body(**fields) -> bytes:
+    body = {"schema": 1, "image_id": "img-1", "image": base64.b64encode(png()).decode(), **fields}
+    return json.dumps(body).encode()
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"image_id": ""}, "'image_id' is empty"),
+        ({"image_id": "a b"}, "'image_id' must be 1-128 letters"),
+        ({"image_id": "../../etc"}, "'image_id' must be 1-128 letters"),
+        ({"image_id": "$where"}, "'image_id' must be 1-128 letters"),
+        ({"image_id": "x" * 129}, r"got 'x{60}'\.\.\."),
+        ({"timestamp": -1.0}, "'timestamp' must be seconds since the epoch: got -1.0"),
+        ({"timestamp": float("nan")}, "'timestamp' must be seconds since the epoch: got nan"),
+        ({"timestamp": float("inf")}, "'timestamp' must be seconds since the epoch: got inf"),
+        ({"timestamp": NOW * 1000}, "over a day ahead .* milliseconds instead of seconds"),
+    ],
+)
+def test_image_ids_and_timestamps_outside_the_contract_name_the_problem(fields, reason):
+    with pytest.raises(BadMessage, match=reason):
+        parse_image_message(image_body(**fields), LIMIT_BYTES, LIMIT_PIXELS, now=NOW)
+
+
+def test_what_the_contract_allows_is_kept_as_given():
+    for image_id in ("7f6c2a3e-0b1d-4c9a-8e2f-5a6b7c8d9e0f", "img-0001", "cam.3:shot_7", "x" * 128):
+        assert parse_image_message(
+            image_body(image_id=image_id), LIMIT_BYTES, LIMIT_PIXELS, now=NOW
+        ).image_id == image_id  # fmt: skip
+    # A camera clock a little ahead, and the epoch itself, are fine.
+    for timestamp in (NOW + 3600, 0.0):
+        msg = parse_image_message(
+            image_body(timestamp=timestamp), LIMIT_BYTES, LIMIT_PIXELS, now=NOW
+        )
+        assert msg.timestamp == timestamp
+    # Fields the contract does not name are ignored, not an error.
+    msg = parse_image_message(
+        image_body(timestamp=NOW, colour="red", schema_note={"a": 1}), LIMIT_BYTES, LIMIT_PIXELS
+    )
+    assert not hasattr(msg, "colour")
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"label": "sofa"}, "'label' is 'sofa', not a CIFAR-10 class"),
+        ({"label": "Cat"}, "'label' is 'Cat', not a CIFAR-10 class"),
+        ({"confidence": 1.5}, "'confidence' must be between 0 and 1: got 1.5"),
+        ({"confidence": float("nan")}, "'confidence' must be between 0 and 1: got nan"),
+        ({"inferred_at": NOW * 1000}, "'inferred_at' is .* over a day ahead"),
+        ({"image_id": "id 1"}, "'image_id' must be"),
+    ],
+)
+def test_predictions_outside_the_contract_name_the_problem(fields, reason):
+    body = {"schema": 1, "image_id": "id-1", "label": "cat", "confidence": 0.5, "model": "m",
+            "inferred_at": NOW, **fields}  # fmt: skip
+    with pytest.raises(BadMessage, match=reason):
+        parse_prediction_message(json.dumps(body).encode(), now=NOW)
