@@ -59,6 +59,19 @@ def ordered(samples: Sequence[datasets.Sample], order: str, seed: int) -> Iterat
             yield samples[i]
 
 
+def oversized(samples: Sequence[datasets.Sample], max_image_bytes: int) -> str | None:
+    """Why the source cannot be sent as it is, or None: images the consumers would dead-letter."""
+    large = [s for s in samples if len(s.image) > max_image_bytes]
+    if not large:
+        return None
+    examples = ", ".join(f"{s.name} ({len(s.image):,} bytes)" for s in large[:3])
+    return (
+        f"{len(large)} of {len(samples)} images are over MAX_IMAGE_BYTES ({max_image_bytes:,}), "
+        f"e.g. {examples}; the consumers would dead-letter them. Leave them out, or raise "
+        "MAX_IMAGE_BYTES everywhere (the broker takes up to 16 MiB messages)."
+    )
+
+
 def device_names(prefix: str, devices: int) -> list[str]:
     return [f"{prefix}-{i:02d}" for i in range(devices)]
 
@@ -176,6 +189,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"appliance produce: {exc}", file=sys.stderr)
         return 2
     log.info("loaded %d images from %s (%s)", len(samples), args.source, args.split)
+    too_large = oversized(samples, settings.max_image_bytes)
+    if too_large:
+        print(f"appliance produce: {too_large}", file=sys.stderr)
+        return 2
     stopper = kafkaio.Stopper().install()
     try:
         counts = produce(
@@ -197,4 +214,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"sent {counts.sent}, acknowledged {counts.acknowledged}, failed {counts.failed}")
     for error in counts.errors:
         print(f"  send error: {error}", file=sys.stderr)
+    if any("MessageSizeTooLarge" in error for error in counts.errors):
+        print(
+            "  the broker refused messages as too large: its message.max.bytes (or the topic's "
+            "max.message.bytes) must exceed MAX_IMAGE_BYTES x 4/3 plus a few hundred bytes; the "
+            "appliance's brokers take 16 MiB",
+            file=sys.stderr,
+        )
     return 0 if counts.failed == 0 and counts.acknowledged == counts.sent else 1

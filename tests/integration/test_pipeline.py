@@ -138,3 +138,31 @@ def test_an_image_of_2_mb_is_stored_and_labelled_without_frame_errors(
     for proc in (db, inference):
         assert "Invalid frame length" not in proc.log_path.read_text(), proc.command
         assert proc.alive
+
+
+def test_a_message_over_the_brokers_limit_fails_at_once_with_the_reason(settings):
+    """A broker (here: a topic) with a smaller limit than the images: a clear failure, no hang."""
+    import threading
+
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    from appliance.datasets import Sample
+
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    admin.create_topics([NewTopic(settings.topic_images, 1, 1,
+                                  topic_configs={"max.message.bytes": "100000"})])  # fmt: skip
+    admin.close()
+    samples = [Sample("big.bin", bytes(200_000), "cat"), Sample("small.bin", bytes(1_000), "cat")]
+    result: dict = {}
+    sender = threading.Thread(
+        target=lambda: result.update(
+            counts=producer.produce(settings, samples, devices=1, rate=0, progress=False)
+        ),
+        daemon=True,
+    )
+    sender.start()
+    sender.join(120)
+    assert not sender.is_alive(), "the producer hung on a message the broker refuses"
+    counts = result["counts"]
+    assert (counts.sent, counts.acknowledged, counts.failed) == (2, 1, 1)
+    assert any("MessageSizeTooLarge" in error for error in counts.errors), counts.errors

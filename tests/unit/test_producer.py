@@ -28,3 +28,20 @@ def test_random_draws_from_the_source():
 
 def test_device_names():
     assert device_names("camera", 3) == ["camera-00", "camera-01", "camera-02"]
+
+
+def test_a_source_with_images_over_the_limit_is_refused_before_anything_is_sent(
+    tmp_path, monkeypatch, capsys
+):
+    from appliance import cli
+
+    (tmp_path / "cat").mkdir()
+    (tmp_path / "cat" / "small.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(100))
+    (tmp_path / "cat" / "big.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(5000))
+    monkeypatch.setenv("MAX_IMAGE_BYTES", "1000")
+    # No broker anywhere: the refusal must come before any connection is tried.
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9")
+    assert cli.main(["produce", "--source", str(tmp_path), "--split", "test"]) == 2
+    err = capsys.readouterr().err
+    assert "1 of 2 images are over MAX_IMAGE_BYTES (1,000)" in err
+    assert "big.png (5,008 bytes)" in err
