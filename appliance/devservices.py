@@ -910,7 +910,7 @@ def up(
     config = config or ServicesConfig.from_env()
     out = out or sys.stderr
     _refuse_foreign_dir(config)
-    if _already_up(config, out):
+    if _already_up(config, timeout_s, out):
         return config.endpoints
     tools = find_toolchain(config)
     check_ports_free(config)
@@ -941,8 +941,9 @@ def up(
     return config.endpoints
 
 
-def _already_up(config: ServicesConfig, out: TextIO) -> bool:
-    """True when a healthy stack answers here; a stale or broken one is cleared for a new start."""
+def _already_up(config: ServicesConfig, timeout_s: float, out: TextIO) -> bool:
+    """True when a healthy stack answers here, once any service that died is started again on
+    its data; a start that never finished is cleared for a new one."""
     state = read_state(config)
     if state is None:
         return False
@@ -956,11 +957,68 @@ def _already_up(config: ServicesConfig, out: TextIO) -> bool:
             )
         print(f"services already running and healthy (data in {config.state_dir})", file=out)
         return True
+    if _resumable(config, state):
+        # A crashed broker or database keeps what it had accepted: start it again, never wipe.
+        _restart_stopped(config, state, statuses, timeout_s, out)
+        return True
     unhealthy = ", ".join(s.name for s in statuses if not s.healthy) or "none recorded"
     print(f"clearing a stale start in {config.state_dir} (not healthy: {unhealthy})", file=out)
     _stop_recorded(state, DEFAULT_STOP_TIMEOUT_S, out)
     shutil.rmtree(config.state_dir)
     return False
+
+
+def _resumable(config: ServicesConfig, state: Mapping[str, Any]) -> bool:
+    """Whether this stack once came up whole (both services, Kafka's storage formatted) with the
+    ports asked for now: then a stopped service is started again on its data."""
+    return (
+        set(state.get("services", {})) == {"kafka", "mongodb"}
+        and state.get("endpoints") == config.endpoints.env()
+        and (config.kafka_dir / "data" / "meta.properties").exists()
+    )
+
+
+def _restart_stopped(
+    config: ServicesConfig,
+    state: dict[str, Any],
+    statuses: list[ServiceStatus],
+    timeout_s: float,
+    out: TextIO,
+) -> None:
+    tools = find_toolchain(config)
+    waiting: list[tuple[Started, Callable[[], str | None]]] = []
+    endpoints = config.endpoints
+    for entry in statuses:
+        recorded = state["services"][entry.name]
+        if entry.running:  # alive, not yet healthy: wait for it
+            started = Started(entry.name, entry.pid, str(recorded["match"]), ())
+        else:
+            print(
+                f"{entry.name} (pid {entry.pid}) is not running: starting it again on its data "
+                f"in {config.state_dir}",
+                file=out,
+                flush=True,
+            )
+            if entry.name == "kafka":
+                libs = ensure_kafka_libs(config.cache_dir, tools.mvn, out)
+                started = _start_kafka(config, tools.java, libs, state, out)
+            else:
+                command, detail = _mongodb_command(config, tools, out)
+                started = _start_mongodb(config, command, detail, state, out)
+        if entry.name == "kafka":
+            waiting.append((started, lambda: kafka_problem(endpoints.kafka_bootstrap_servers)))
+        else:
+            waiting.append((started, lambda: mongodb_problem(endpoints.mongodb_uri)))
+    deadline = time.monotonic() + timeout_s
+    try:
+        for started, problem in waiting:
+            wait_healthy(started, problem, deadline)
+    except ServiceError as exc:
+        raise ServiceError(
+            f"{exc}\nthe data is kept in {config.state_dir}; `appliance services down` deletes "
+            "it, and a new `up` starts empty"
+        ) from None
+    print(f"services up again (data in {config.state_dir})", file=out, flush=True)
 
 
 def _mongodb_command(

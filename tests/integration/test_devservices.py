@@ -236,6 +236,53 @@ def test_a_lookup_by_id_uses_the_id_index(stack: Stack) -> None:
         client.close()
 
 
+def test_a_killed_service_is_started_again_on_its_data(stack: Stack) -> None:
+    """kill -9 of the broker and of the database, then `up`: both back, nothing accepted lost."""
+    import signal
+
+    topic = f"devservices-{uuid.uuid4().hex[:8]}"
+    bootstrap, uri = stack.endpoints.kafka_bootstrap_servers, stack.endpoints.mongodb_uri
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    try:
+        producer.send(topic, value=b"before the crash").get(timeout=30)
+    finally:
+        producer.close()
+    client: MongoClient[dict[str, object]] = MongoClient(uri, serverSelectionTimeoutMS=10_000)
+    client["devservices_test"]["kept"].insert_one({"_id": "img-1"})
+    client.close()
+    before = {entry.name: entry.pid for entry in ds.status(stack.config)}
+    for pid in before.values():
+        assert pid is not None
+        os.killpg(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while any(entry.running for entry in ds.status(stack.config)):
+        assert time.monotonic() < deadline, "still running after SIGKILL"
+        time.sleep(0.2)
+
+    out = io.StringIO()
+    assert ds.up(stack.config, out=out) == stack.endpoints
+    printed = out.getvalue()
+    assert "kafka (pid" in printed and "is not running: starting it again on its data" in printed
+    assert "services up again" in printed
+    after = ds.status(stack.config)
+    assert all(entry.healthy for entry in after)
+    assert all(entry.pid != before[entry.name] for entry in after)
+
+    consumer = KafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", consumer_timeout_ms=30_000
+    )
+    try:
+        assert next(iter(consumer)).value == b"before the crash"
+    finally:
+        consumer.close()
+    client = MongoClient(uri, serverSelectionTimeoutMS=10_000)
+    try:
+        assert client["devservices_test"]["kept"].find_one({"_id": "img-1"}) == {"_id": "img-1"}
+    finally:
+        client.drop_database("devservices_test")
+        client.close()
+
+
 def test_down_stops_everything_removes_the_data_and_frees_the_ports(stack: Stack) -> None:
     # Last in this module: the stack fixture's own teardown then finds nothing to stop.
     pids = [(entry.pid, entry.name) for entry in ds.status(stack.config)]
