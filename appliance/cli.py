@@ -21,7 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "consume-inference": ("appliance.consumer_inference", "label images through the server"),
     "consume-db": ("appliance.consumer_db", "store images and predictions in MongoDB"),
     "dataset": ("appliance.dataset_cli", "pack a camera source's split into one .tar.gz"),
-    "services": ("appliance.devservices", "start/stop local Kafka and MongoDB-protocol server"),
+    "services": ("appliance.ops.services", "start/stop local Kafka and MongoDB-protocol server"),
     "pipeline": ("appliance.pipeline", "run the whole pipeline locally and report the counts"),
     "model": ("appliance.model_cli", "create or inspect a model artifact"),
     "train": ("appliance.train", "train the ResNet50 on CIFAR-10"),

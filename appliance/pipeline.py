@@ -19,8 +19,9 @@ from pathlib import Path
 from pymongo import MongoClient
 from tqdm import tqdm
 
-from appliance import datasets, devservices, model, producer
+from appliance import datasets, model, producer
 from appliance.config import Settings
+from appliance.ops import services as devservices
 from appliance.ops.counts import label_quality, quality_lines
 from appliance.server.process import ServerProcess
 

@@ -85,12 +85,12 @@ container-producer: base-image $(APPLIANCE_WHEEL) $(CTR_DIR)/deps-base/.complete
 	$(call build-image,producer,$(PYTHON_BUILD_ARGS))
 
 container-kafka: base-image $(APPLIANCE_WHEEL) $(CTR_DIR)/deps-base/.complete
-	@libs=$$($(BIN)/python -c 'import sys; from appliance import devservices as d; \
+	@libs=$$($(BIN)/python -c 'import sys; from appliance.ops import services as d; \
 		print(d.ensure_kafka_libs(d.default_cache_dir(), None, sys.stderr))') && \
 	set -x && KAFKA_LIBS=$$libs DEPS_DIR=$(CTR_DIR)/deps-base DIST_DIR=$(DIST_DIR) \
 		images/stage-context.sh kafka $(CTX_DIR)/kafka
 	$(call build-image,kafka,$(PYTHON_BUILD_ARGS) --build-arg JRE_APT_VERSION=$(JRE_APT_VERSION) \
-		--build-arg KAFKA_VERSION=$$($(BIN)/python -c 'from appliance import devservices as d; print(d.KAFKA_VERSION)'))
+		--build-arg KAFKA_VERSION=$$($(BIN)/python -c 'from appliance.ops import services as d; print(d.KAFKA_VERSION)'))
 	$(DOCKER) tag $(IMAGE_PREFIX)/kafka:$(APPLIANCE_VERSION) $(IMAGE_PREFIX)/consumers:$(APPLIANCE_VERSION)
 	$(DOCKER) tag $(IMAGE_PREFIX)/kafka:$(APPLIANCE_VERSION) $(IMAGE_PREFIX)/consumers:latest
 
@@ -121,11 +121,11 @@ container-mongodb-official:
 	$(call build-image,mongodb,--build-arg MONGO_IMAGE=$(MONGO_IMAGE))
 
 container-mongodb-ferretdb: base-image venv
-	@binary=$$($(BIN)/python -c 'import sys; from appliance import devservices as d; \
+	@binary=$$($(BIN)/python -c 'import sys; from appliance.ops import services as d; \
 		print(d.ensure_ferretdb(d.default_cache_dir(), None, sys.stderr))') && \
 	set -x && FERRETDB_BIN=$$binary images/stage-context.sh mongodb $(CTX_DIR)/mongodb
 	$(call build-image,mongodb,--build-arg FERRETDB_VERSION=$$($(BIN)/python -c \
-		'from appliance import devservices as d; print(d.FERRETDB_VERSION)'),Dockerfile.ferretdb)
+		'from appliance.ops import services as d; print(d.FERRETDB_VERSION)'),Dockerfile.ferretdb)
 
 # The package, built once as a wheel from a clean copy of its sources (no stale files from an
 # earlier build), with fixed timestamps so an unchanged tree gives the same bytes (and cache hits).

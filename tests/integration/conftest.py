@@ -31,7 +31,7 @@ def services() -> Iterator[Settings]:
     if bootstrap and mongodb:
         yield Settings(kafka_bootstrap_servers=bootstrap, mongodb_uri=mongodb)
         return
-    from appliance import devservices
+    from appliance.ops import services as devservices
 
     was_running = devservices.is_running()
     endpoints = devservices.up()

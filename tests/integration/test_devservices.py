@@ -22,7 +22,8 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer
 from pymongo import MongoClient, UpdateOne
 
-from appliance import devservices as ds
+from appliance.ops import services as ds
+from appliance.ops.services import lifecycle
 
 pytestmark = pytest.mark.integration
 
@@ -308,7 +309,7 @@ def test_a_service_that_never_gets_healthy_fails_with_its_log_and_is_stopped(
         mongodb_port=mongodb,
         state_dir=tmp_path / "state",
     )
-    monkeypatch.setattr(ds, "kafka_problem", lambda *_args, **_kwargs: "pretend it is down")
+    monkeypatch.setattr(lifecycle, "kafka_problem", lambda *_args, **_kwargs: "pretend it is down")
     with pytest.raises(ds.ServiceError) as caught:
         ds.up(config, timeout_s=1, out=io.StringIO())
     message = str(caught.value)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from appliance import devservices as ds
 from appliance.config import ConfigError
+from appliance.ops import services as ds
 
 
 def config(tmp_path: Path, **overrides: object) -> ds.ServicesConfig:
