@@ -8,7 +8,7 @@ SOURCE ?= $(firstword $(wildcard ../shared/data/cifar10-jpg.tar.gz) cifar10)
 COUNT ?= 1000
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test test-unit test-gpu-path lint services services-stop services-status model \
+.PHONY: help venv run test test-unit test-gpu-path soak lint services services-stop services-status model \
 	gpu-bundle gpu-import evaluate bench-serve clean
 
 help: ## List the targets.
@@ -29,6 +29,9 @@ test: venv ## Unit and integration tests (starts Kafka and the MongoDB-protocol 
 
 test-gpu-path: venv ## The GPU training path on this CPU: a Keras/JAX venv (build/jax-venv), a tiny run, the import.
 	APPLIANCE_TEST_GPU_PATH=1 $(BIN)/pytest -v tests/integration/test_gpu_path.py
+
+soak: venv ## Minutes of steady load: lag bounded, memory at start and end (APPLIANCE_SOAK_RATE, _MINUTES).
+	$(BIN)/pytest -m soak -s tests/integration/test_soak.py
 
 test-unit: venv ## Run the tests that need no services.
 	$(BIN)/pytest tests/unit
