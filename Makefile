@@ -9,7 +9,7 @@ COUNT ?= 1000
 
 .DEFAULT_GOAL := help
 .PHONY: help venv run test test-unit test-gpu-path soak lint services services-stop services-status model \
-	gpu-bundle gpu-import evaluate bench-serve clean
+	gpu-bundle gpu-import evaluate bench-serve bench-pipeline clean
 
 help: ## List the targets.
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -64,6 +64,9 @@ evaluate: venv ## Evaluate build/model/resnet50.keras on the test split.
 
 bench-serve: venv ## Benchmark: in-process model vs the server vs a naive server.
 	$(BIN)/appliance bench serve
+
+bench-pipeline: venv ## Benchmark: the whole pipeline in rising open-loop steps; table, JSON, plots in build/bench.
+	$(BIN)/appliance bench pipeline --source $(SOURCE)
 
 clean: ## Remove build outputs (not the venv).
 	rm -rf build

@@ -45,3 +45,28 @@ def test_bench_storage_refuses_sizes_that_do_not_rise(tmp_path: Path) -> None:
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert done.returncode == 2
     assert "--sizes must rise and be positive, got '50,20'" in done.stderr
+
+
+def test_bench_pipeline_runs_the_steps_and_writes_the_table_json_and_plots(
+    services, model_path: Path, shared_archive: Path, tmp_path: Path
+) -> None:
+    import json
+
+    argv = [sys.executable, "-m", "appliance", "bench", "pipeline", "--rates", "4,8",
+            "--step-seconds", "3", "--source", str(shared_archive), "--model", str(model_path),
+            "--all-steps"]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    rows = [line.split() for line in done.stdout.splitlines() if re.match(r"^\s+\d+\s+\d", line)]
+    assert [row[0] for row in rows] == ["4", "8"], done.stdout
+    result = json.loads((tmp_path / "build/bench/pipeline.json").read_text())
+    assert [step["offered"] for step in result["steps"]] == [4.0, 8.0]
+    for step in result["steps"]:
+        assert step["sent"] == int(step["offered"] * 3)
+        # Every image of the step was labelled, each with a latency from its scheduled send.
+        assert step["unlabelled"] == 0 and step["to_labelled"]["samples"] == step["sent"]
+        assert 0 < step["to_stored"]["p50"] <= step["to_stored"]["max"]
+        assert set(step["processes"]) >= {"server", "consume-db", "consume-inference", "kafka"}
+    for name in ("latency-cdf", "throughput", "lag"):
+        png = tmp_path / f"build/bench/pipeline-{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name

@@ -14,12 +14,12 @@ import os
 import statistics
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
 from appliance import producer
 from appliance.ops.counts import measure
+from appliance.ops.proc_stats import tree
 
 from .harness import wait_for
 
@@ -28,28 +28,6 @@ RATE = float(os.environ.get("APPLIANCE_SOAK_RATE", "14"))
 MINUTES = float(os.environ.get("APPLIANCE_SOAK_MINUTES", "10"))
 CAMERAS = 4
 SAMPLE_S = 10.0
-
-
-def rss_mib(pid: int) -> float:
-    """Resident memory of ``pid`` and its children (a server's workers), in MiB."""
-    total = 0
-    for task in [pid, *children(pid)]:
-        try:
-            for line in Path(f"/proc/{task}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except OSError:
-            continue
-    return total / 1024
-
-
-def children(pid: int) -> list[int]:
-    try:
-        found = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        return []
-    kids = [int(p) for p in found]
-    return kids + [g for k in kids for g in children(k)]
 
 
 def test_steady_load_keeps_lag_bounded_and_memory_flat(
@@ -78,14 +56,14 @@ def test_steady_load_keeps_lag_bounded_and_memory_flat(
     )  # fmt: skip
     cameras.start()
     time.sleep(30)  # past start-up: the servers' first requests, the JIT, the caches
-    start_rss = {name: rss_mib(pid) for name, pid in pids.items()}
+    start_rss = {name: tree(pid).rss_mib for name, pid in pids.items()}
     lags: list[int] = []
     while cameras.is_alive():
         counts = measure(served)
         lags.append(sum(counts.lag.values()))
         print(f"soak: {'; '.join(counts.lines())}", flush=True)
         time.sleep(SAMPLE_S)
-    end_rss = {name: rss_mib(pid) for name, pid in pids.items()}
+    end_rss = {name: tree(pid).rss_mib for name, pid in pids.items()}
     sent = result["counts"]
     wait_for(
         lambda: collection.count_documents({"prediction": {"$exists": True}}) >= sent.acknowledged,
