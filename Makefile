@@ -9,7 +9,7 @@ COUNT ?= 1000
 
 .DEFAULT_GOAL := help
 .PHONY: help venv run test test-unit test-gpu-path soak lint services services-stop services-status model \
-	gpu-bundle gpu-import evaluate bench-serve bench-pipeline clean
+	gpu-bundle gpu-import evaluate bench-serve bench-pipeline bench-producer clean
 
 help: ## List the targets.
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -67,6 +67,9 @@ bench-serve: venv ## Benchmark: in-process model vs the server vs a naive server
 
 bench-pipeline: venv ## Benchmark: the whole pipeline in rising open-loop steps; table, JSON, plots in build/bench.
 	$(BIN)/appliance bench pipeline --source $(SOURCE)
+
+bench-producer: venv ## Benchmark: the cameras' producer against kafka-producer-perf-test, same broker and record size.
+	$(BIN)/appliance bench producer --source $(SOURCE)
 
 clean: ## Remove build outputs (not the venv).
 	rm -rf build

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from appliance.ops import pipeline_bench, storage_bench
+from appliance.ops import pipeline_bench, producer_bench, storage_bench
 from appliance.server.process import ServerProcess, default_workers
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--skip-naive", action="store_true", help="leave out the naive server phase")
     storage_bench.add_arguments(sub)
     pipeline_bench.add_arguments(sub)
+    producer_bench.add_arguments(sub)
 
 
 @dataclass
@@ -74,6 +75,8 @@ def run(args: argparse.Namespace) -> int:
         return storage_bench.run(args)
     if args.bench == "pipeline":
         return pipeline_bench.run(args)
+    if args.bench == "producer":
+        return producer_bench.run(args)
     if min(args.batch, args.clients, args.rounds) < 1 or args.seconds <= 0:
         print(
             "bench serve: --batch, --clients, --rounds, --seconds must be positive", file=sys.stderr

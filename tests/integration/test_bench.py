@@ -70,3 +70,18 @@ def test_bench_pipeline_runs_the_steps_and_writes_the_table_json_and_plots(
     for name in ("latency-cdf", "throughput", "lag"):
         png = tmp_path / f"build/bench/pipeline-{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+
+
+def test_bench_producer_compares_with_kafkas_perf_test(
+    services, shared_archive: Path, tmp_path: Path
+) -> None:
+    argv = [sys.executable, "-m", "appliance", "bench", "producer", "--records", "300",
+            "--source", str(shared_archive)]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    tool = re.search(r"^kafka-producer-perf-test: (\d+) records/s", done.stdout, re.M)
+    ours = re.search(r"^the cameras' producer: (\d+) img/s", done.stdout, re.M)
+    ratio = re.search(r"^producer / perf-test: ([\d.]+)", done.stdout, re.M)
+    assert tool and ours and ratio, done.stdout
+    assert int(tool[1]) > 0 and int(ours[1]) > 0
+    assert abs(float(ratio[1]) - int(ours[1]) / int(tool[1])) < 0.02

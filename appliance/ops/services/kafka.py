@@ -185,6 +185,33 @@ def ensure_kafka_libs(cache_dir: Path, mvn: str | None, out: TextIO) -> Path:
     return libs
 
 
+# kafka-producer-perf-test's class and its one extra dependency, beside the broker's jars.
+KAFKA_TOOLS_JARS = (f"org.apache.kafka:kafka-tools:{KAFKA_VERSION}",
+                    "net.sourceforge.argparse4j:argparse4j:0.7.0")  # fmt: skip
+
+
+def ensure_kafka_tools(cache_dir: Path, out: TextIO) -> list[Path]:
+    """The classpath of Kafka's own tools (kafka-producer-perf-test): the broker's jars plus
+    kafka-tools, fetched once."""
+    libs = ensure_kafka_libs(cache_dir, None, out)
+    tools = kafka_home(cache_dir) / "tools"
+    marker = tools / FETCHED_MARKER
+    if marker.exists():
+        return [libs, tools]
+    copy = "org.apache.maven.plugins:maven-dependency-plugin:3.6.1:copy"
+    with _cache_lock(cache_dir, f"kafka-tools-{KAFKA_VERSION}"):
+        if not marker.exists():
+            tools.mkdir(parents=True, exist_ok=True)
+            for artifact in KAFKA_TOOLS_JARS:
+                command = [find_tool(MAVEN), "-B", "-q", copy, f"-Dartifact={artifact}",
+                           "-DoutputDirectory=."]  # fmt: skip
+                what = f"fetching {artifact}"
+                log_path = tools / "fetch.log"
+                run_step(what, command, cwd=tools, log_path=log_path, out=out, note="once")
+            marker.write_text("\n".join(KAFKA_TOOLS_JARS) + "\n")
+    return [libs, tools]
+
+
 def _format_kafka_storage(config: ServicesConfig, java: str, libs: Path) -> None:
     """KRaft refuses to start on an unformatted log directory."""
     command = kafka_format_command(java, libs, config, new_cluster_id())
