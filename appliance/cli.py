@@ -26,7 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "model": ("appliance.model_cli", "create or inspect a model artifact"),
     "train": ("appliance.train", "train the ResNet50 on CIFAR-10"),
     "evaluate": ("appliance.evaluate", "top-1, per-class accuracy and confusion matrix"),
-    "bench": ("appliance.bench", "benchmarks that print figures"),
+    "bench": ("appliance.ops.bench", "benchmarks that print figures"),
     "variants": ("appliance.variants", "accuracy against speed of the ResNet50 variants"),
     "stack": ("appliance.stack", "the pipeline as containers on one Docker host"),
     "userdata": ("appliance.cloud.userdata", "render an image's cloud-init user-data"),

@@ -27,10 +27,10 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from appliance.ops import pipeline_bench, producer_bench, storage_bench
 from appliance.server.process import ServerProcess, default_workers
 
 log = logging.getLogger(__name__)
@@ -41,8 +41,7 @@ TARGET_VS_NAIVE = 20.0
 RAMP_S = 0.5
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
+def add_arguments(sub: Any) -> None:
     serve = sub.add_parser("serve", help="in-process model vs the server vs a naive server")
     add = serve.add_argument
     add("--model", help="model artifact; default: a freshly initialised one in a temp dir")
@@ -58,9 +57,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--max-batch-wait-ms", type=float, default=5.0, help="server batch wait")
     add("--startup-timeout", type=float, default=180.0, help="seconds for a server to be ready")
     add("--skip-naive", action="store_true", help="leave out the naive server phase")
-    storage_bench.add_arguments(sub)
-    pipeline_bench.add_arguments(sub)
-    producer_bench.add_arguments(sub)
 
 
 @dataclass
@@ -71,12 +67,6 @@ class Result:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.bench == "storage":
-        return storage_bench.run(args)
-    if args.bench == "pipeline":
-        return pipeline_bench.run(args)
-    if args.bench == "producer":
-        return producer_bench.run(args)
     if min(args.batch, args.clients, args.rounds) < 1 or args.seconds <= 0:
         print(
             "bench serve: --batch, --clients, --rounds, --seconds must be positive", file=sys.stderr
