@@ -140,14 +140,19 @@ def _epoch(body: dict[str, Any], name: str, now: float, required: bool = True) -
     value = _field(body, name, (int, float), required)
     if value is None:
         return None
-    if not math.isfinite(value) or value < 0:
-        raise BadMessage(f"field {name!r} must be seconds since the epoch: got {value!r}")
-    if value > now + MAX_CLOCK_AHEAD_S:
+    try:
+        seconds = float(value)  # an integer past a float's range overflows here
+    except OverflowError:
+        seconds = math.inf
+    if not math.isfinite(seconds) or seconds < 0:
+        shown = repr(value) if len(repr(value)) <= 40 else f"{repr(value)[:40]}..."
+        raise BadMessage(f"field {name!r} must be seconds since the epoch: got {shown}")
+    if seconds > now + MAX_CLOCK_AHEAD_S:
         raise BadMessage(
             f"field {name!r} is {value!r}, over a day ahead of this host's clock ({now:.0f}); "
             "milliseconds instead of seconds?"
         )
-    return float(value)
+    return seconds
 
 
 def parse_image_message(

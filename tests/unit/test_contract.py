@@ -127,6 +127,7 @@ def image_body(**fields) -> bytes:
         ({"timestamp": float("nan")}, "'timestamp' must be seconds since the epoch: got nan"),
         ({"timestamp": float("inf")}, "'timestamp' must be seconds since the epoch: got inf"),
         ({"timestamp": NOW * 1000}, "over a day ahead .* milliseconds instead of seconds"),
+        ({"timestamp": 10**400}, r"must be seconds since the epoch: got 1000000000\d+\.\.\."),
     ],
 )
 def test_image_ids_and_timestamps_outside_the_contract_name_the_problem(fields, reason):
