@@ -21,6 +21,7 @@ from typing import Any
 from tqdm import tqdm
 
 from appliance.consumer_db import Update, write
+from appliance.peers import mongodb_address
 
 DEFAULT_SIZES = (1000, 5000, 20000)
 DEFAULT_IMAGE_BYTES = 3000  # a CIFAR-10 JPEG is 1-3 KB
@@ -38,7 +39,8 @@ class Step:
 def add_arguments(sub: Any) -> None:
     storage = sub.add_parser("storage", help="database write and lookup rates as it grows")
     add = storage.add_argument
-    add("--uri", action="append", help="MongoDB URI (repeatable; default: MONGODB_URI or local)")
+    add("--uri", action="append",
+        help="MongoDB URI (repeatable; default: MONGODB_URI, else the local services)")  # fmt: skip
     add(
         "--sizes",
         default=",".join(map(str, DEFAULT_SIZES)),
@@ -101,7 +103,7 @@ def table(results: list[tuple[str, list[Step]]]) -> list[str]:
     for uri, steps in results:
         for step, base in zip(steps, first, strict=True):
             lines.append(
-                f"{uri[-28:]:<28} {step.size:>7} {step.inserts_per_s:>10.0f} "
+                f"{mongodb_address(uri)[-28:]:<28} {step.size:>7} {step.inserts_per_s:>10.0f} "
                 f"{step.updates_per_s:>10.0f} {step.lookup_ms:>10.2f} "
                 f"{step.inserts_per_s / base.inserts_per_s:>10.2f} "
                 f"{step.updates_per_s / base.updates_per_s:>10.2f}"
@@ -109,23 +111,29 @@ def table(results: list[tuple[str, list[Step]]]) -> list[str]:
     return lines
 
 
+def default_uri() -> str:
+    """MONGODB_URI when set, else the local services' (with their password)."""
+    from appliance.ops.services import ServicesConfig
+
+    return os.environ.get("MONGODB_URI") or ServicesConfig.from_env().endpoints.mongodb_uri
+
+
 def run(args: argparse.Namespace) -> int:
     from pymongo import MongoClient
-
-    from appliance.config import Settings
 
     try:
         sizes = parse_sizes(args.sizes)
     except ValueError as exc:
         print(f"bench storage: {exc}", file=sys.stderr)
         return 2
-    uris = args.uri or [Settings.from_env().mongodb_uri]
+    uris = args.uri or [default_uri()]
     results: list[tuple[str, list[Step]]] = []  # a URI given twice is measured twice
     for uri in uris:
         client: MongoClient[dict[str, Any]] = MongoClient(uri, serverSelectionTimeoutMS=10000)
         collection = client[args.database][f"images_{uuid.uuid4().hex[:8]}"]
         try:
-            results.append((uri, measure(collection, sizes, args.image_bytes, uri[-28:])))
+            label = mongodb_address(uri)[-28:]
+            results.append((uri, measure(collection, sizes, args.image_bytes, label)))
         finally:
             collection.drop()
             client.close()

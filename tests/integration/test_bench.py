@@ -28,8 +28,9 @@ def test_bench_storage_runs_and_reports_each_size(services, tmp_path: Path) -> N
             "--uri", services.mongodb_uri, "--sizes", "20,60", "--image-bytes", "100"]  # fmt: skip
     done = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
-    rows = [line.split() for line in done.stdout.splitlines() if line.startswith("mongodb://")]
+    rows = [line.split() for line in done.stdout.splitlines() if line.startswith("127.0.0.1:")]
     assert [int(row[1]) for row in rows] == [20, 60, 20, 60], done.stdout
+    assert "@" not in done.stdout, "no credentials in the table"
     for row in rows:
         assert all(float(value) > 0 for value in row[2:]), row
     # The throwaway collections are gone.

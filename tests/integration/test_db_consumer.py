@@ -134,7 +134,9 @@ def test_mongodb_late_at_start_is_waited_for_by_address_then_caught_up(
     (host, port), *_ = parse_uri(settings.mongodb_uri)["nodelist"]
     relay = Relay((host, port))
     try:
-        late = dataclasses.replace(settings, mongodb_uri=f"mongodb://127.0.0.1:{relay.port}")
+        # The same URI (credentials and all), through the relay.
+        relayed = settings.mongodb_uri.replace(f"{host}:{port}", f"127.0.0.1:{relay.port}")
+        late = dataclasses.replace(settings, mongodb_uri=relayed)
         db = consumers("consume-db", late)
         samples = cifar_test_samples[300:400]
         counts = producer.produce(settings, samples, devices=2, rate=0, progress=False)

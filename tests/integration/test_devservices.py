@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -84,7 +85,10 @@ def cli_env(config: ds.ServicesConfig) -> dict[str, str]:
 def test_up_returns_the_endpoints_on_the_ports_asked_for(stack: Stack) -> None:
     config = stack.config
     assert stack.endpoints.kafka_bootstrap_servers == f"127.0.0.1:{config.kafka_port}"
-    assert stack.endpoints.mongodb_uri == f"mongodb://127.0.0.1:{config.mongodb_port}"
+    password = config.password_file.read_text().strip()
+    assert stack.endpoints.mongodb_uri == (
+        f"mongodb://appliance:{password}@127.0.0.1:{config.mongodb_port}/?authSource=admin"
+    )
     assert "services up in" in stack.output
     assert (config.state_dir / ds.STATE_FILE).exists()
     assert (config.kafka_dir / "kafka.log").stat().st_size > 0
@@ -145,8 +149,14 @@ def test_up_env_prints_exports_for_eval(stack: Stack) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
         f"export KAFKA_BOOTSTRAP_SERVERS={stack.endpoints.kafka_bootstrap_servers}",
-        f"export MONGODB_URI={stack.endpoints.mongodb_uri}",
+        f"export MONGODB_URI={shlex.quote(stack.endpoints.mongodb_uri)}",
     ]
+    # What the shell makes of it: the URI itself, password and all.
+    shell = subprocess.run(
+        ["bash", "-c", f'eval "{result.stdout}"; printf %s "$MONGODB_URI"'],
+        capture_output=True, text=True, timeout=30, check=True,
+    )  # fmt: skip
+    assert shell.stdout == stack.endpoints.mongodb_uri
 
 
 def test_another_stack_on_the_same_ports_fails_clearly(stack: Stack, tmp_path: Path) -> None:
@@ -216,6 +226,38 @@ def test_mongodb_upserts_with_set_and_min(stack: Stack) -> None:
     finally:
         client.drop_database("devservices_test")
         client.close()
+
+
+def test_mongodb_wants_the_stacks_password_which_stays_private(stack: Stack) -> None:
+    from pymongo.errors import OperationFailure
+
+    if not any(s.name == "mongodb" and "FerretDB" in s.detail for s in ds.status(stack.config)):
+        pytest.skip("a real mongod serves here, without authentication")
+    address = f"127.0.0.1:{stack.config.mongodb_port}"
+    password = stack.config.password_file.read_text().strip()
+    refused = {
+        f"mongodb://{address}": 13,  # no credentials: "requires authentication"
+        f"mongodb://appliance:not-{password}@{address}/?authSource=admin": 18,  # wrong password
+    }
+    for uri, code in refused.items():
+        client: MongoClient[dict[str, object]] = MongoClient(uri, serverSelectionTimeoutMS=10_000)
+        try:
+            with pytest.raises(OperationFailure) as caught:
+                client["devservices_test"]["images"].insert_one({"_id": "img-1"})
+            assert caught.value.code == code, caught.value
+        finally:
+            client.close()
+    # Only its owner can read it; no command line shows it.
+    assert stack.config.state_dir.stat().st_mode & 0o777 == 0o700
+    assert stack.config.password_file.stat().st_mode & 0o777 == 0o600
+    for entry in ds.status(stack.config):
+        assert password.encode() not in Path(f"/proc/{entry.pid}/cmdline").read_bytes()
+    printed = subprocess.run(
+        [sys.executable, "-m", "appliance", "services", "up"],
+        env=cli_env(stack.config), capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    assert password not in printed.stdout + printed.stderr
+    assert "appliance:****@" in printed.stdout
 
 
 def test_a_lookup_by_id_uses_the_id_index(stack: Stack) -> None:

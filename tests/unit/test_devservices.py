@@ -9,6 +9,7 @@ import re
 import socket
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -39,7 +40,9 @@ def test_defaults_are_the_documented_ports_and_directory() -> None:
     assert (cfg.kafka_port, cfg.kafka_controller_port, cfg.mongodb_port) == (9092, 9093, 27017)
     assert cfg.state_dir == Path("/tmp/appliance-services")
     assert cfg.cache_dir == Path.home() / ".cache" / "appliance"
-    assert cfg.endpoints.env() == {
+    # Before any `up` (no password made yet), the URI has no credentials.
+    env = replace(cfg, state_dir=Path("/nonexistent/appliance-services")).endpoints.env()
+    assert env == {
         "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9092",
         "MONGODB_URI": "mongodb://127.0.0.1:27017",
     }
@@ -80,6 +83,17 @@ def test_env_lines_plain_and_for_eval() -> None:
         "MONGODB_URI=mongodb://127.0.0.1:27017",
     ]
     assert endpoints.env_lines(export=True)[0] == "export KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092"
+
+
+def test_the_mongodb_password_joins_the_uri_and_is_masked_when_printed(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    cfg.password_file.parent.mkdir(parents=True)
+    cfg.password_file.write_text("s3cret-pw\n")
+    uri = cfg.endpoints.mongodb_uri
+    assert uri == f"mongodb://appliance:s3cret-pw@127.0.0.1:{cfg.mongodb_port}/?authSource=admin"
+    masked = cfg.endpoints.env_lines(reveal=False)[1]
+    assert "s3cret" not in masked and "appliance:****@127.0.0.1" in masked
+    assert "s3cret-pw" in cfg.endpoints.env_lines(export=True)[1]
 
 
 # --- rendering -----------------------------------------------------------------------------------

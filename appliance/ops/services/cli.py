@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--env",
         action="store_true",
         help="up: print only `export NAME=value` lines, for "
-        '`eval "$(appliance services up --env)"`',
+        '`eval "$(appliance services up --env)"`; the MongoDB password shows only here',
     )
     parser.add_argument(
         "--timeout",
@@ -57,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.action == "up":
             endpoints = up(timeout_s=args.timeout)
-            print("\n".join(endpoints.env_lines(export=args.env)), flush=True)
+            # The password only where a shell takes it in (`eval "$(... up --env)"`).
+            print("\n".join(endpoints.env_lines(export=args.env, reveal=args.env)), flush=True)
             return 0
         if args.action == "down":
             down()

@@ -4,6 +4,7 @@ addresses they answer on, and the errors `appliance services` reports."""
 from __future__ import annotations
 
 import os
+import re
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -71,6 +72,11 @@ def _port_from_env(env: Mapping[str, str], name: str, default: int) -> int:
     return port
 
 
+# FerretDB authenticates this one user (SCRAM-SHA-256); its password is the stack's own.
+MONGODB_USER = "appliance"
+MONGODB_AUTH_DB = "admin"
+
+
 @dataclass(frozen=True)
 class ServicesConfig:
     kafka_port: int = DEFAULT_KAFKA_PORT
@@ -113,11 +119,20 @@ class ServicesConfig:
         return self.state_dir / STATE_FILE
 
     @property
+    def password_file(self) -> Path:
+        """The MongoDB-protocol server's password, made at the first `up` (mode 0600)."""
+        return self.mongodb_dir / "password"
+
+    @property
     def endpoints(self) -> Endpoints:
-        return Endpoints(
-            kafka_bootstrap_servers=f"{HOST}:{self.kafka_port}",
-            mongodb_uri=f"mongodb://{HOST}:{self.mongodb_port}",
-        )
+        address = f"{HOST}:{self.mongodb_port}"
+        try:
+            password = self.password_file.read_text().strip()
+        except FileNotFoundError:  # not started yet, or a server without authentication
+            uri = f"mongodb://{address}"
+        else:
+            uri = f"mongodb://{MONGODB_USER}:{password}@{address}/?authSource={MONGODB_AUTH_DB}"
+        return Endpoints(kafka_bootstrap_servers=f"{HOST}:{self.kafka_port}", mongodb_uri=uri)
 
 
 @dataclass(frozen=True)
@@ -133,9 +148,13 @@ class Endpoints:
             "MONGODB_URI": self.mongodb_uri,
         }
 
-    def env_lines(self, export: bool = False) -> list[str]:
+    def env_lines(self, export: bool = False, reveal: bool = True) -> list[str]:
+        """`NAME=value` lines; without ``reveal`` the MongoDB password reads as `****`."""
         prefix = "export " if export else ""
-        return [f"{prefix}{name}={shlex.quote(value)}" for name, value in self.env().items()]
+        env = self.env()
+        if not reveal:
+            env["MONGODB_URI"] = re.sub(r"(://[^:/@]+:)[^@]+@", r"\1****@", env["MONGODB_URI"])
+        return [f"{prefix}{name}={shlex.quote(value)}" for name, value in env.items()]
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import secrets
 import shutil
 import sys
 import time
@@ -46,6 +48,7 @@ from appliance.ops.services.mongodb import (
     ensure_ferretdb,
     ferretdb_binary,
     ferretdb_command,
+    ferretdb_env,
     mongod_command,
 )
 from appliance.ops.services.processes import (
@@ -184,14 +187,14 @@ def up(
     tools = find_toolchain(config)
     check_ports_free(config)
     libs = ensure_kafka_libs(config.cache_dir, tools.mvn, out)
-    mongo_command, mongo_detail = _mongodb_command(config, tools, out)
+    mongo = _mongodb_command(config, tools, out)
     start = time.monotonic()
     _prepare_state_dir(config)
     _format_kafka_storage(config, tools.java, libs)
     state: dict[str, Any] = {"format": STATE_FORMAT, "services": {}}
     try:
         kafka = _start_kafka(config, tools.java, libs, state, out)
-        mongodb = _start_mongodb(config, mongo_command, mongo_detail, state, out)
+        mongodb = _start_mongodb(config, mongo, state, out)
         deadline = time.monotonic() + timeout_s
         endpoints = config.endpoints
         wait_healthy(mongodb, lambda: mongodb_problem(endpoints.mongodb_uri), deadline)
@@ -272,8 +275,8 @@ def _restart_stopped(
                 libs = ensure_kafka_libs(config.cache_dir, tools.mvn, out)
                 started = _start_kafka(config, tools.java, libs, state, out)
             else:
-                command, detail = _mongodb_command(config, tools, out)
-                started = _start_mongodb(config, command, detail, state, out)
+                mongo = _mongodb_command(config, tools, out)
+                started = _start_mongodb(config, mongo, state, out)
         if entry.name == "kafka":
             waiting.append((started, lambda: kafka_problem(endpoints.kafka_bootstrap_servers)))
         else:
@@ -290,18 +293,36 @@ def _restart_stopped(
     print(f"services up again (data in {config.state_dir})", file=out, flush=True)
 
 
-def _mongodb_command(
-    config: ServicesConfig, tools: Toolchain, out: TextIO
-) -> tuple[list[str], str]:
+@dataclass(frozen=True)
+class MongoCommand:
+    command: list[str]
+    detail: str
+    authenticated: bool  # the server checks the stack's password (FerretDB: yes; mongod: no)
+
+
+def _mongodb_command(config: ServicesConfig, tools: Toolchain, out: TextIO) -> MongoCommand:
     if tools.mongod is not None:
-        return mongod_command(tools.mongod, config), f"mongod ({tools.mongod})"
+        # A mongod found on PATH runs without authentication, as before.
+        return MongoCommand(mongod_command(tools.mongod, config), f"mongod ({tools.mongod})", False)
     binary = ensure_ferretdb(config.cache_dir, tools.go, out)
-    return ferretdb_command(binary, config), f"FerretDB {FERRETDB_VERSION} (SQLite)"
+    detail = f"FerretDB {FERRETDB_VERSION} (SQLite, SCRAM authentication)"
+    return MongoCommand(ferretdb_command(binary, config), detail, True)
+
+
+def _ensure_password(config: ServicesConfig) -> None:
+    """The stack's MongoDB password: made once, readable by its owner only."""
+    if config.password_file.exists():
+        return
+    fd = os.open(config.password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(secrets.token_urlsafe(24) + "\n")
 
 
 def _prepare_state_dir(config: ServicesConfig) -> None:
     for directory in (config.kafka_dir / "data", config.mongodb_dir / "data"):
         directory.mkdir(parents=True, exist_ok=True)
+    # The data, and the state file with the MongoDB URI and its password: the owner's only.
+    config.state_dir.chmod(0o700)
     # Written first: from here on `down` recognises the directory as ours and may remove it.
     write_state(config, {"format": STATE_FORMAT, "services": {}})
     kafka_log = config.kafka_dir / "kafka.log"
@@ -334,13 +355,17 @@ def _start_kafka(
 
 
 def _start_mongodb(
-    config: ServicesConfig, command: list[str], detail: str, state: dict[str, Any], out: TextIO
+    config: ServicesConfig, mongo: MongoCommand, state: dict[str, Any], out: TextIO
 ) -> Started:
     address = f"{HOST}:{config.mongodb_port}"
-    print(f"starting {detail} on {address} ...", file=out, flush=True)
+    print(f"starting {mongo.detail} on {address} ...", file=out, flush=True)
     log_path = config.mongodb_dir / "server.log"
-    pid = spawn_detached(command, log_path, config.mongodb_dir)
-    match = command[0]
-    entry = {"pid": pid, "match": match, "address": address, "detail": detail}
+    env = None
+    if mongo.authenticated:
+        _ensure_password(config)
+        env = ferretdb_env(config)
+    pid = spawn_detached(mongo.command, log_path, config.mongodb_dir, env)
+    match = mongo.command[0]
+    entry = {"pid": pid, "match": match, "address": address, "detail": mongo.detail}
     _record(config, state, "mongodb", entry)
     return Started("MongoDB-protocol server", pid, match, (log_path,))

@@ -15,6 +15,8 @@ from appliance.ops.services.config import (
     FERRETDB_MODULE,
     FERRETDB_VERSION,
     HOST,
+    MONGODB_AUTH_DB,
+    MONGODB_USER,
     ServiceError,
     ServicesConfig,
 )
@@ -42,7 +44,16 @@ def ferretdb_command(binary: Path, config: ServicesConfig) -> list[str]:
         # Its metrics/pprof listener defaults to 127.0.0.1:8088, which two stacks would fight over.
         "--debug-addr=-",
         "--log-level=INFO",
+        # SCRAM authentication; the user is made on the first start, on an empty data directory.
+        # Its password comes in FERRETDB_SETUP_PASSWORD (ferretdb_env), not on the command line.
+        "--test-enable-new-auth",
+        f"--setup-username={MONGODB_USER}",
+        f"--setup-database={MONGODB_AUTH_DB}",
     ]
+
+
+def ferretdb_env(config: ServicesConfig) -> dict[str, str]:
+    return {"FERRETDB_SETUP_PASSWORD": config.password_file.read_text().strip()}
 
 
 def mongod_command(mongod: str, config: ServicesConfig) -> list[str]:

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from appliance.ops.services.config import (
@@ -26,12 +27,16 @@ from appliance.ops.services.config import (
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 
 
-def spawn_detached(command: list[str], log_path: Path, cwd: Path) -> int:
-    """Start a service in its own session so it outlives the CLI and ignores the shell's Ctrl-C."""
+def spawn_detached(
+    command: list[str], log_path: Path, cwd: Path, env: Mapping[str, str] | None = None
+) -> int:
+    """Start a service in its own session so it outlives the CLI and ignores the shell's Ctrl-C.
+    ``env`` adds to this process's environment (secrets go there: never on a command line)."""
     with open(log_path, "ab") as log_file:
         proc = subprocess.Popen(
             command,
             cwd=cwd,
+            env={**os.environ, **(env or {})},
             stdin=subprocess.DEVNULL,
             stdout=log_file,
             stderr=subprocess.STDOUT,
