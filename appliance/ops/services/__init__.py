@@ -3,8 +3,10 @@
 ``appliance services up | down | status`` starts, stops and inspects a single-node Kafka (KRaft,
 broker and controller in one JVM, built from the official jars on Maven Central) and a
 MongoDB-protocol server (``mongod`` when one is on PATH, otherwise FerretDB with its SQLite backend,
-built once from the Go module proxy). Both listen on 127.0.0.1 only and keep their data in a state
-directory that ``down`` removes; the jars and the FerretDB binary are cached across runs.
+built once from the Go module proxy, with SCRAM authentication and a password per stack). Both
+listen on 127.0.0.1 only and keep their data in a state directory (mode 0700) that ``down``
+removes; ``up`` starts one that died again on its data. The jars and the FerretDB binary are
+cached across runs.
 
 Tests use the Python API: ``up(config) -> Endpoints``, ``status(config)`` and ``down(config)``.
 The names below are re-exported from the modules that define them; to replace one in a test,
