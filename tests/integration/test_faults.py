@@ -30,8 +30,8 @@ from .harness import PYTHON, ConsumerProcess, settings_env, wait_for
 
 pytestmark = pytest.mark.integration
 CAMERAS, RATE = 4, 5.0  # 20 img/s in all
-COUNT = 300  # 15 s of load
-KILL_AFTER_STORED = 60
+COUNT = 200  # 10 s of load
+KILL_AFTER_STORED = 40
 DOWN_S = 5.0
 CATCH_UP_TIMEOUT_S = 240.0
 
