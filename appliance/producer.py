@@ -7,15 +7,18 @@ image_id. The run ends with sent / acknowledged / failed counts and fails if any
 from __future__ import annotations
 
 import argparse
+import contextlib
 import heapq
 import logging
 import random
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+from kafka import KafkaProducer
+from kafka.errors import KafkaError, KafkaTimeoutError
 from tqdm import tqdm
 
 from appliance import datasets, kafkaio, peers
@@ -32,17 +35,43 @@ class Counts:
     acknowledged: int = 0
     failed: int = 0
     errors: list[str] = field(default_factory=list)
+    # A send timed out (delivery.timeout.ms passed, the broker away): the client is replaced.
+    client_stale: bool = field(default=False, repr=False)
+    _client: int = field(default=0, repr=False)  # which client's answers still count
+    _unanswered: int = field(default=0, repr=False)  # that client's sends with no answer yet
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def ack(self, _metadata: object) -> None:
+    def sending(self) -> tuple[Callable[[object], None], Callable[[BaseException], None]]:
+        """Count one send; the callbacks for its answer (ignored once its client is dropped)."""
         with self._lock:
-            self.acknowledged += 1
+            self.sent += 1
+            self._unanswered += 1
+            client = self._client
+        return (lambda _metadata: self._answer(client, None),
+                lambda exc: self._answer(client, exc))  # fmt: skip
 
-    def fail(self, exc: BaseException) -> None:
+    def _answer(self, client: int, exc: BaseException | None) -> None:
         with self._lock:
+            if client != self._client:
+                return  # counted as failed when its client was dropped
+            self._unanswered -= 1
+            if exc is None:
+                self.acknowledged += 1
+                return
             self.failed += 1
             if len(self.errors) < 5:
                 self.errors.append(str(exc))
+            if isinstance(exc, KafkaTimeoutError):
+                self.client_stale = True
+
+    def drop_client(self) -> int:
+        """The sends the dropped client never answered: failed, never acknowledged."""
+        with self._lock:
+            dropped, self._unanswered = self._unanswered, 0
+            self.failed += dropped
+            self._client += 1
+            self.client_stale = False
+        return dropped
 
 
 def ordered(samples: Sequence[datasets.Sample], order: str, seed: int) -> Iterator[datasets.Sample]:
@@ -70,6 +99,38 @@ def oversized(samples: Sequence[datasets.Sample], max_image_bytes: int) -> str |
         f"e.g. {examples}; the consumers would dead-letter them. Leave them out, or raise "
         "MAX_IMAGE_BYTES everywhere (the broker takes up to 16 MiB messages)."
     )
+
+
+def _replace_client(
+    settings: Settings, stopper: kafkaio.Stopper, old: KafkaProducer, counts: Counts
+) -> KafkaProducer | None:
+    """A new Kafka client in place of one whose sends timed out.
+
+    kafka-python 2.3 stops sending for good once batches have expired during a broker outage
+    longer than delivery.timeout.ms (2 minutes: a kafka VM's reboot under emulation): every later
+    batch expires too, though the broker is back. A new client, made once the broker answers,
+    sends again. What the old one still held is failed, never acknowledged, and counted so. None
+    when stopped meanwhile.
+    """
+    dropped = counts.drop_client()
+    log.warning(
+        "sends timed out while the broker was away: a new Kafka client (%d sends of the old one "
+        "never answered: counted as failed)",
+        dropped,
+    )
+    # close() would wait on those sends first, and they never end: close at once, and stop its
+    # I/O thread, which close() leaves running when its flush fails (kafka-python's internals:
+    # it has no public way to abandon a client).
+    with contextlib.suppress(KafkaError):
+        old.close(timeout=0)
+    sender = getattr(old, "_sender", None)
+    if sender is not None and sender.is_alive():
+        sender.force_close()
+    old._closed = True  # else its __del__ tries the same close again and prints the error
+    try:
+        return peers.kafka_client(settings, stopper, lambda: kafkaio.make_producer(settings))
+    except peers.Stopped:
+        return None
 
 
 def device_names(prefix: str, devices: int) -> list[str]:
@@ -117,20 +178,25 @@ def produce(
                 break
             if due > now:
                 time.sleep(due - now)
+            if counts.client_stale:
+                producer = _replace_client(settings, stopper, producer, counts)
+                if producer is None:
+                    break  # stopped while waiting for the broker
             sample = next(stream)
             key, value = encode_image_message(sample.image, names[device], sample.label)
-            counts.sent += 1
+            acked, failed = counts.sending()
             try:
                 future = producer.send(settings.topic_images, key=key.encode(), value=value)
             except kafkaio.KafkaError as exc:  # e.g. no broker metadata within max_block_ms
-                counts.fail(exc)
+                failed(exc)
             else:
-                future.add_callback(counts.ack).add_errback(counts.fail)
+                future.add_callback(acked).add_errback(failed)
             bar.update(1)
             heapq.heappush(schedule, (due + (1.0 / rate if rate > 0 else 0.0), sends + 1, device))
     finally:
-        producer.flush()
-        producer.close()
+        if producer is not None:
+            producer.flush()
+            producer.close()
         bar.close()
     return counts
 

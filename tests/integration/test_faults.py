@@ -266,3 +266,61 @@ def test_a_camera_killed_mid_run_says_what_was_not_acknowledged(
     assert failed == 0 and acknowledged == sent, (sent, acknowledged, failed)
     assert stored == acknowledged
     assert (row.lost, row.duplicated) == (0, 0), row
+
+
+def test_cameras_send_again_after_an_outage_longer_than_the_delivery_timeout(
+    settings, monkeypatch
+):  # fmt: skip
+    """kafka-python stops sending for good once batches expired while the broker was away; the
+    cameras replace their client and go on (the kafka VM's power loss found this)."""
+    import json
+
+    from kafka import KafkaConsumer, TopicPartition
+
+    from appliance import kafkaio
+    from appliance.datasets import Sample
+
+    make_producer = kafkaio.make_producer
+    # The default delivery timeout is 2 minutes; 4 s makes the same expiry in a short outage.
+    monkeypatch.setattr(
+        kafkaio, "make_producer",
+        lambda s, **kw: make_producer(s, delivery_timeout_ms=4000, request_timeout_ms=2000, **kw),
+    )  # fmt: skip
+    samples = [Sample(f"s{i}", bytes([i]) * 100, "cat") for i in range(50)]
+    result: dict = {}
+
+    def send() -> None:
+        result["counts"] = producer.produce(
+            settings, samples, devices=2, rate=5, duration=55, progress=False
+        )
+
+    cameras = threading.Thread(target=send)
+    cameras.start()
+    time.sleep(5)
+    kill_service("kafka")(None)  # type: ignore[arg-type]
+    time.sleep(10)  # past the delivery timeout: what was sent meanwhile expires
+    restart_services(None)  # type: ignore[arg-type]
+    back = time.time()
+    cameras.join(120)
+    assert not cameras.is_alive()
+    counts = result["counts"]
+    assert counts.failed > 0, "no send expired: the outage was too short to test anything"
+    assert counts.acknowledged + counts.failed == counts.sent, counts
+
+    reader = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers)
+    try:
+        parts = [TopicPartition(settings.topic_images, p)
+                 for p in reader.partitions_for_topic(settings.topic_images)]  # fmt: skip
+        ends, starts = reader.end_offsets(parts), reader.beginning_offsets(parts)
+        # All it acknowledged is there; a send it counts as failed may be there too (written,
+        # its answer lost with the broker), never more than it sent.
+        held = sum(ends[tp] - starts[tp] for tp in parts)
+        assert counts.acknowledged <= held <= counts.sent, (held, counts)
+        reader.assign(parts)
+        for tp in parts:
+            reader.seek(tp, max(starts[tp], ends[tp] - 1))
+        last = [json.loads(r.value)["timestamp"] for rs in reader.poll(10_000).values() for r in rs]
+    finally:
+        reader.close()
+    # Images sent well after the broker came back are in Kafka: the cameras did not stall.
+    assert max(last) > back + 5, (max(last) - back, counts)
