@@ -156,7 +156,7 @@ def run_step(
     run_began: float,
     progress: tqdm,
 ) -> Step:
-    before = proc_stats.sample(pids)
+    before = proc_stats.sample(pids, frozenset({os.getpid()}))
     lags: list[tuple[float, int]] = []
     stop = threading.Event()
 
@@ -172,7 +172,7 @@ def run_step(
     ended = began + 0.2 + sent / rate  # the last scheduled send
     time.sleep(max(0.0, ended - time.time()))
     lag_at_end = measure(settings).lag
-    after = proc_stats.sample(pids)
+    after = proc_stats.sample(pids, frozenset({os.getpid()}))
     docs = step_documents(collection, began, ended + 1)
     stored_in_step = sum(1 for d in docs if d.get("stored_at", float("inf")) <= ended)
     labelled_in_step = sum(1 for d in docs if d.get("labelled_at", float("inf")) <= ended)

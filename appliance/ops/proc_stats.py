@@ -33,16 +33,18 @@ def descendants(pid: int) -> list[int]:
     return children + [grandchild for child in children for grandchild in descendants(child)]
 
 
-def tree(pid: int) -> Sample:
+def tree(pid: int, with_children: bool = True) -> Sample:
     rss, cpu = 0, 0.0
-    for task in (pid, *descendants(pid)):
+    for task in (pid, *(descendants(pid) if with_children else ())):
         task_rss, task_cpu = one_process(task)
         rss, cpu = rss + task_rss, cpu + task_cpu
     return Sample(time.monotonic(), cpu, rss)
 
 
-def sample(pids: dict[str, int]) -> dict[str, Sample]:
-    return {name: tree(pid) for name, pid in pids.items()}
+def sample(pids: dict[str, int], alone: frozenset[int] = frozenset()) -> dict[str, Sample]:
+    """Each named process with its children, but those in ``alone`` (e.g. the caller itself,
+    whose children are counted under their own names)."""
+    return {name: tree(pid, pid not in alone) for name, pid in pids.items()}
 
 
 def usage(before: dict[str, Sample], after: dict[str, Sample]) -> dict[str, Usage]:
