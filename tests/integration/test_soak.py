@@ -23,7 +23,7 @@ from appliance.ops.proc_stats import tree
 
 from .harness import wait_for
 
-pytestmark = [pytest.mark.integration, pytest.mark.soak]
+pytestmark = [pytest.mark.integration, pytest.mark.soak, pytest.mark.timeout(3600)]
 RATE = float(os.environ.get("APPLIANCE_SOAK_RATE", "14"))
 MINUTES = float(os.environ.get("APPLIANCE_SOAK_MINUTES", "10"))
 CAMERAS = 4
