@@ -101,6 +101,21 @@ def oversized(samples: Sequence[datasets.Sample], max_image_bytes: int) -> str |
     )
 
 
+def _drop_client(client: KafkaProducer, counts: Counts) -> int:
+    """Close a client whose sends timed out; its unanswered sends count as failed."""
+    dropped = counts.drop_client()
+    # close() would wait on those sends first, and they never end: close at once, and stop its
+    # I/O thread, which close() leaves running when its flush fails (kafka-python's internals:
+    # it has no public way to abandon a client).
+    with contextlib.suppress(KafkaError):
+        client.close(timeout=0)
+    sender = getattr(client, "_sender", None)
+    if sender is not None and sender.is_alive():
+        sender.force_close()
+    client._closed = True  # else its __del__ tries the same close again and prints the error
+    return dropped
+
+
 def _replace_client(
     settings: Settings, stopper: kafkaio.Stopper, old: KafkaProducer, counts: Counts
 ) -> KafkaProducer | None:
@@ -112,21 +127,12 @@ def _replace_client(
     sends again. What the old one still held is failed, never acknowledged, and counted so. None
     when stopped meanwhile.
     """
-    dropped = counts.drop_client()
+    dropped = _drop_client(old, counts)
     log.warning(
         "sends timed out while the broker was away: a new Kafka client (%d sends of the old one "
         "never answered: counted as failed)",
         dropped,
     )
-    # close() would wait on those sends first, and they never end: close at once, and stop its
-    # I/O thread, which close() leaves running when its flush fails (kafka-python's internals:
-    # it has no public way to abandon a client).
-    with contextlib.suppress(KafkaError):
-        old.close(timeout=0)
-    sender = getattr(old, "_sender", None)
-    if sender is not None and sender.is_alive():
-        sender.force_close()
-    old._closed = True  # else its __del__ tries the same close again and prints the error
     try:
         return peers.kafka_client(settings, stopper, lambda: kafkaio.make_producer(settings))
     except peers.Stopped:
@@ -194,7 +200,9 @@ def produce(
             bar.update(1)
             heapq.heappush(schedule, (due + (1.0 / rate if rate > 0 else 0.0), sends + 1, device))
     finally:
-        if producer is not None:
+        if producer is not None and counts.client_stale:
+            _drop_client(producer, counts)  # stopped before it was replaced: a flush would hang
+        elif producer is not None:
             producer.flush()
             producer.close()
         bar.close()

@@ -45,3 +45,24 @@ def test_a_source_with_images_over_the_limit_is_refused_before_anything_is_sent(
     err = capsys.readouterr().err
     assert "1 of 2 images are over MAX_IMAGE_BYTES (1,000)" in err
     assert "big.png (5,008 bytes)" in err
+
+
+def test_a_dropped_clients_unanswered_sends_count_as_failed_once():
+    from kafka.errors import KafkaTimeoutError
+
+    from appliance.producer import Counts
+
+    counts = Counts()
+    answered, _ = counts.sending()
+    _, timed_out = counts.sending()
+    late_ack, late_fail = counts.sending()
+    answered(None)
+    timed_out(KafkaTimeoutError("Expiring 1 record(s)"))
+    assert counts.client_stale
+    assert counts.drop_client() == 1  # the third never answered
+    assert not counts.client_stale
+    late_ack(None)  # the dropped client answering after all changes nothing
+    late_fail(KafkaTimeoutError("late"))
+    acked, _ = counts.sending()  # the new client's sends count as before
+    acked(None)
+    assert (counts.sent, counts.acknowledged, counts.failed) == (4, 2, 2)
