@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 
 class ConfigError(ValueError):
@@ -33,6 +33,19 @@ class Settings:
     # Bytes of a base64-decoded image and decoded pixels the consumers and server accept.
     max_image_bytes: int = 4 * 1024 * 1024
     max_image_pixels: int = 4096 * 4096
+
+    def own_names(self, tag: str, prefix: str = "") -> Settings:
+        """These settings with topics, consumer groups and a collection of a run's own, so that
+        runs sharing a broker and a database never see each other's messages."""
+        return replace(
+            self,
+            topic_images=f"{prefix}images-{tag}",
+            topic_predictions=f"{prefix}predictions-{tag}",
+            topic_dlq=f"{prefix}images.dlq-{tag}",
+            group_db=f"{prefix}db-{tag}",
+            group_inference=f"{prefix}inference-{tag}",
+            mongodb_collection=f"{prefix.replace('-', '_')}images_{tag}",
+        )
 
     def to_env(self) -> dict[str, str]:
         """The settings as the environment variables :meth:`from_env` reads."""

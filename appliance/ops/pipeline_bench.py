@@ -270,15 +270,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"bench pipeline: {exc}", file=sys.stderr)
         return 2
     tag = uuid.uuid4().hex[:8]
-    settings = replace(
-        Settings.from_env(),
-        topic_images=f"bench-images-{tag}",
-        topic_predictions=f"bench-predictions-{tag}",
-        topic_dlq=f"bench-dlq-{tag}",
-        group_db=f"bench-db-{tag}",
-        group_inference=f"bench-inference-{tag}",
-        mongodb_collection=f"bench_{tag}",
-    )
+    settings = Settings.from_env().own_names(tag, prefix="bench-")
     started_services = not devservices.is_running()
     endpoints = devservices.up()
     settings = replace(

@@ -75,16 +75,7 @@ def server_factory(model_path, tmp_path) -> Iterator:
 def settings(services: Settings) -> Settings:
     """The test's own topics, groups and collection on the shared services."""
     tag = uuid.uuid4().hex[:8]
-    return replace(
-        services,
-        topic_images=f"images-{tag}",
-        topic_predictions=f"predictions-{tag}",
-        topic_dlq=f"images.dlq-{tag}",
-        group_db=f"db-{tag}",
-        group_inference=f"inference-{tag}",
-        mongodb_collection=f"images_{tag}",
-        device_id=f"camera-{tag}",
-    )
+    return replace(services.own_names(tag), device_id=f"camera-{tag}")
 
 
 @pytest.fixture
