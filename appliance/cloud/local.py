@@ -50,7 +50,7 @@ class Provider(Protocol):
     def testinfra_host(self, role: str) -> tuple[str, dict[str, object]]: ...
     def mongodb_uri(self, state: Any) -> str: ...
     def describe(self, state: Any) -> list[str]: ...
-    def down(self) -> None: ...
+    def down(self, name: str) -> None: ...
 
 
 def provider(name: str, root: Path | None = None) -> Provider:
@@ -187,7 +187,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a setting for one image's env file, e.g. producer:PRODUCER_RATE=1 (repeatable)",
     )
     sub.add_parser("status", help="the machines, their addresses and how to reach them")
-    sub.add_parser("down", help="stop everything and remove the disks and state")
+    down = sub.add_parser("down", help="stop everything and remove the disks and state")
+    down.add_argument(
+        "--name",
+        help="without state here, the containers deployment of this name is removed "
+        f"(default: {NAMES['containers']})",
+    )
     for action, text in (
         ("start", "boot a machine again from its disk"),
         ("stop", "a clean power-off from inside"),
@@ -210,7 +215,7 @@ def role_settings(items: list[str]) -> dict[str, dict[str, str]]:
 def run(args: argparse.Namespace) -> int:
     cloud = provider(args.provider, args.root)
     if args.action == "down":
-        cloud.down()
+        cloud.down(args.name or NAMES[args.provider])
         print(f"removed the local cloud under {cloud.root}")
         return 0
     if args.action == "up":

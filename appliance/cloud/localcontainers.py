@@ -175,6 +175,15 @@ class ContainerCloud:
         return state
 
     def new_state(self, name: str, subnet: str, containers_dir: Path) -> State:
+        left = leftovers(name)
+        if left:
+            # Its state is gone (another checkout, or a run stopped half way): nothing here can
+            # manage those, and their names and subnet block a new deployment of the same name.
+            raise ConfigError(
+                f"a deployment named {name} is already on this machine, with no state under "
+                f"{self.root}: {', '.join(left)}. Remove it with `appliance cloud --provider "
+                "containers down`, or choose another --name and --subnet"
+            )
         net = check_subnet(subnet)
         image, driver = self.ensure_prepared()
         state = State(name, str(net), f"{name}-net", image, driver, str(containers_dir))
@@ -432,10 +441,25 @@ class ContainerCloud:
             )
         return lines
 
-    def down(self) -> None:
+    def down(self, name: str) -> None:
+        """Remove the deployment: the state's, or without one, what the name ``name`` left."""
         state = self.load()
         if state is not None:
-            for ctr in state.containers.values():
-                docker("rm", "-f", "-v", ctr.name, check=False, timeout=120)
-            docker("network", "rm", state.network, check=False)
+            names = [ctr.name for ctr in state.containers.values()] + [state.network]
+        else:
+            names = leftovers(name)
+        for found in names:
+            if found.endswith("-net"):
+                docker("network", "rm", found, check=False)
+            else:
+                docker("rm", "-f", "-v", found, check=False, timeout=120)
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def leftovers(name: str) -> list[str]:
+    """The containers (NAME-ROLE) and network (NAME-net, last) of a deployment ``name``."""
+    candidates = [f"{name}-{role}" for role in topology.DEPLOY_ORDER]
+    found = [c for c in candidates if not docker("container", "inspect", c, check=False).returncode]
+    if docker("network", "inspect", f"{name}-net", check=False).returncode == 0:
+        found.append(f"{name}-net")
+    return found

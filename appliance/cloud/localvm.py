@@ -366,7 +366,8 @@ class LocalCloud:
                 lines.append(f"  {'':9} QEMU uses {rss} MiB of host memory, {cpu:.0f} CPU s so far")
         return lines
 
-    def down(self) -> None:
+    def down(self, name: str = "") -> None:
+        """Kill the VMs and the switch; ``name`` is unused (a VM without state has no handle)."""
         state = self.load()
         if state is not None:
             for vm in state.vms.values():
