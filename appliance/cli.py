@@ -28,7 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("appliance.evaluate", "top-1, per-class accuracy and confusion matrix"),
     "bench": ("appliance.ops.bench", "benchmarks that print figures"),
     "variants": ("appliance.variants", "accuracy against speed of the ResNet50 variants"),
-    "stack": ("appliance.stack", "the pipeline as containers on one Docker host"),
+    "stack": ("appliance.ops.stack", "the pipeline as containers on one Docker host"),
     "userdata": ("appliance.cloud.userdata", "render an image's cloud-init user-data"),
     "deploy": ("appliance.cloud.deploy", "create the four servers on OpenStack"),
     "cloud": ("appliance.cloud.local", "the four images on this machine: QEMU VMs or containers"),

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from appliance import __version__
-from appliance import stack as st
+from appliance.ops import stack as st
 
 ROOT = Path(__file__).resolve().parents[2]
 COUNT = 500

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from appliance import stack as st
 from appliance.config import ConfigError
+from appliance.ops import stack as st
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "images" / "appliance.env.example"
