@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from appliance.cloud import plan, topology, userdata
+from appliance.cloud import credentials, plan, topology, userdata
 from appliance.config import ConfigError
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--floating-ip-network", help="take a floating IP for each server from this network"
     )
-    userdata.add_setting_arguments(parser, "every env file")
+    userdata.add_setting_arguments(parser, "every env file", f"{STATE_DIR}/NAME.credentials.env")
     parser.add_argument(
         "--timeout", type=float, default=1800, help="seconds to wait for each server to be up"
     )
@@ -284,6 +284,10 @@ def state_path(name: str) -> Path:
     return STATE_DIR / f"{name}.json"
 
 
+def credentials_path(name: str) -> Path:
+    return STATE_DIR / f"{name}.credentials.env"
+
+
 def save_state(name: str, members: dict[str, Member], created: list[dict[str, str]]) -> None:
     STATE_DIR.mkdir(parents=True, exist_ok=True)
     data = {"name": name, "members": {r: asdict(m) for r, m in members.items()}, "created": created}
@@ -299,6 +303,12 @@ def deploy(conn: Any, args: argparse.Namespace) -> dict[str, Member]:
     password = os.environ.get("APPLIANCE_MONGODB_PASSWORD") if args.mongodb_user else None
     if args.mongodb_user and not password:
         raise ConfigError("--mongodb-user needs the password in $APPLIANCE_MONGODB_PASSWORD")
+    creds = credentials.resolve(
+        args.mongodb_user,
+        password,
+        args.credentials or credentials_path(name),
+        args.no_mongodb_auth,
+    )
 
     # Look everything up before creating anything: a typo fails here, not half-way.
     network = conn.network.find_network(args.network, ignore_missing=True)
@@ -332,8 +342,7 @@ def deploy(conn: Any, args: argparse.Namespace) -> dict[str, Member]:
         boots = plan.make_plan(
             name,
             {role: member.address for role, member in members.items()},
-            mongodb_user=args.mongodb_user,
-            mongodb_password=password,
+            **credentials.as_options(creds),
             settings=settings,
         ).boots
         for boot in boots:

@@ -28,8 +28,8 @@ import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from appliance.cloud import credentials, topology
 from appliance.cloud import plan as plans
-from appliance.cloud import topology
 from appliance.cloud.localvm import HOST_NUMBER, check_subnet
 from appliance.cloud.writefiles import apply_write_files
 from appliance.config import ConfigError
@@ -202,6 +202,7 @@ class ContainerCloud:
         return plans.make_plan(
             state.name,
             {role: c.address for role, c in state.containers.items()},
+            **credentials.as_options(credentials.of_local_cloud(self.root)),
             **options,  # type: ignore[arg-type]
         )
 
@@ -425,8 +426,11 @@ class ContainerCloud:
 
     def mongodb_uri(self, state: State) -> str:
         """MongoDB in the mongodb container, from this machine: its address on the network."""
+        creds = credentials.of_local_cloud(self.root)
         address = state.containers["mongodb"].address
-        return f"mongodb://{address}:{topology.MONGODB_PORT}/?directConnection=true"
+        return topology.mongodb_uri(
+            address, creds.mongodb_user, creds.mongodb_password, direct=True
+        )
 
     def describe(self, state: State) -> list[str]:
         lines = [

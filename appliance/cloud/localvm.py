@@ -25,8 +25,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from appliance.cloud import credentials, topology, userdata
 from appliance.cloud import plan as plans
-from appliance.cloud import topology, userdata
 from appliance.cloud.processes import alive, usage, wait_gone
 from appliance.cloud.vmsizes import SIZES, emulation_settings
 from appliance.config import ConfigError
@@ -177,6 +177,7 @@ class LocalCloud:
                 for role, vm in state.vms.items()
             },
             ssh_keys=[self.key.with_suffix(".pub").read_text()],
+            **credentials.as_options(credentials.of_local_cloud(self.root)),
             **options,  # type: ignore[arg-type]
         )
 
@@ -350,7 +351,14 @@ class LocalCloud:
 
     def mongodb_uri(self, state: State) -> str:
         """MongoDB on the mongodb VM, from this machine (its forwarded port)."""
-        return f"mongodb://127.0.0.1:{MONGODB_FORWARD_PORT}/?directConnection=true"
+        creds = credentials.of_local_cloud(self.root)
+        return topology.mongodb_uri(
+            "127.0.0.1",
+            creds.mongodb_user,
+            creds.mongodb_password,
+            port=MONGODB_FORWARD_PORT,
+            direct=True,
+        )
 
     def describe(self, state: State) -> list[str]:
         lines = [f"local cloud {state.name}: QEMU ({state.accel}), private {state.subnet} on "

@@ -103,11 +103,21 @@ def host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def mongodb_uri(host: str, user: str | None = None, password: str | None = None) -> str:
-    if user and password:
-        auth = f"{quote(user, safe='')}:{quote(password, safe='')}@"
-        return f"mongodb://{auth}{host_port(host, MONGODB_PORT)}/?authSource=admin"
-    return f"mongodb://{host_port(host, MONGODB_PORT)}"
+def mongodb_uri(
+    host: str,
+    user: str | None = None,
+    password: str | None = None,
+    *,
+    port: int = MONGODB_PORT,
+    direct: bool = False,
+) -> str:
+    """``direct``: for a client that reaches the server through a forwarded port or address
+    other than the one it knows itself by."""
+    options = ["authSource=admin"] if user and password else []
+    options += ["directConnection=true"] if direct else []
+    auth = f"{quote(user, safe='')}:{quote(password, safe='')}@" if user and password else ""
+    query = f"/?{'&'.join(options)}" if options else ""
+    return f"mongodb://{auth}{host_port(host, port)}{query}"
 
 
 def environment(

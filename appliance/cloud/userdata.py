@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from appliance import __version__
+from appliance.cloud import credentials
 from appliance.cloud.topology import ENV_FILE, ROLES, check_address, environment
 from appliance.config import ConfigError
 
@@ -26,6 +27,9 @@ _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 # systemd-networkd reads .network files in lexical order: this one matches before a distribution's
 # catch-all (Debian's 80-dhcp, netplan's 10-netplan-*).
+# The default deployment's (`appliance deploy`'s default --name): the user-data this renders and
+# the VMs that command boots share one password.
+CREDENTIALS_FILE = Path("build/deploy/appliance.credentials.env")
 NETWORK_FILE = "/etc/systemd/network/05-appliance-private.network"
 
 
@@ -68,9 +72,26 @@ class StaticNic:
 SECRET_KEYS = ("MONGODB_URI", "MONGO_INITDB_ROOT_PASSWORD")
 
 
-def add_setting_arguments(parser: argparse.ArgumentParser, target: str) -> None:
-    """--mongodb-user and --set, shared by `appliance userdata` and `appliance deploy`."""
-    parser.add_argument("--mongodb-user", help="MongoDB root user (with --mongodb-password)")
+def add_setting_arguments(
+    parser: argparse.ArgumentParser, target: str, credentials_default: str
+) -> None:
+    """The MongoDB credentials and --set, shared by `appliance userdata` and `appliance deploy`."""
+    parser.add_argument(
+        "--mongodb-user",
+        help="MongoDB user, with its password (default: the --credentials file's)",
+    )
+    parser.add_argument(
+        "--credentials",
+        type=Path,
+        metavar="FILE",
+        help="the deployment's MongoDB user and password, made here (0600) if missing "
+        f"(default: {credentials_default})",
+    )
+    parser.add_argument(
+        "--no-mongodb-auth",
+        action="store_true",
+        help="MongoDB without authentication (a private test network only)",
+    )
     parser.add_argument(
         "--set",
         dest="settings",
@@ -86,10 +107,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kafka", metavar="IP", help="the kafka VM's address")
     parser.add_argument("--mongodb", metavar="IP", help="the mongodb VM's address")
     parser.add_argument("--ml-server", metavar="IP", help="the ml-server VM's address")
-    add_setting_arguments(parser, "the env file, e.g. DEVICE_ID=lobby")
+    add_setting_arguments(parser, "the env file, e.g. DEVICE_ID=lobby", str(CREDENTIALS_FILE))
     parser.add_argument(
         "--mongodb-password",
-        help="MongoDB root password (default: $APPLIANCE_MONGODB_PASSWORD)",
+        help="MongoDB password, with --mongodb-user (default: $APPLIANCE_MONGODB_PASSWORD)",
     )
     parser.add_argument("--hostname", help="the VM's host name (default: appliance-ROLE)")
     parser.add_argument(
@@ -211,12 +232,19 @@ def static_nic(address: str | None, mac: str | None) -> StaticNic | None:
 
 def run(args: argparse.Namespace) -> int:
     peers = {"kafka": args.kafka, "mongodb": args.mongodb, "ml-server": args.ml_server}
+    password = args.mongodb_password or (
+        os.environ.get("APPLIANCE_MONGODB_PASSWORD") if args.mongodb_user else None
+    )
+    creds = credentials.resolve(
+        args.mongodb_user,
+        password,
+        args.credentials or CREDENTIALS_FILE,
+        args.no_mongodb_auth,
+    )
     text = render(
         args.role,
         peers,
-        mongodb_user=args.mongodb_user,
-        mongodb_password=args.mongodb_password
-        or (os.environ.get("APPLIANCE_MONGODB_PASSWORD") if args.mongodb_user else None),
+        **credentials.as_options(creds),
         settings=parse_settings(args.settings),
         hostname=args.hostname,
         network=static_nic(args.address, args.mac),

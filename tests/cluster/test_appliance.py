@@ -10,6 +10,7 @@ labelled, once; what it did not (F, during a broker outage) was never accepted, 
 from __future__ import annotations
 
 import hashlib
+import shlex
 import time
 
 import pytest
@@ -17,6 +18,7 @@ import testinfra
 
 from appliance.cloud import topology
 from appliance.model import CIFAR10_CLASSES
+from tests import mongodb_probe
 from tests.cluster.driver import Machine, ProducerRun
 from tests.integration.test_pipeline import DOCUMENT_FIELDS
 
@@ -183,6 +185,14 @@ def test_hosts_reach_their_peers_on_the_private_network(machines):
     assert producer.reaches(kafka.address, topology.KAFKA_PORT)
     assert kafka.reaches(machines["mongodb"].address, topology.MONGODB_PORT)
     assert kafka.reaches(machines["ml-server"].address, topology.ML_SERVER_PORT)
+
+
+def test_mongodb_refuses_a_peer_without_the_deployments_password(machines):
+    """From the kafka host, by the consumers' own path: no login, then a wrong password."""
+    kafka, mongodb = machines["kafka"], machines["mongodb"]
+    script = mongodb_probe.refusal_script(mongodb.address, topology.MONGODB_PORT)
+    out = kafka.succeed(f"docker exec appliance-consumer-db python -c {shlex.quote(script)}", 120)
+    assert out.strip().splitlines()[-2:] == mongodb_probe.EXPECTED
 
 
 def test_broker_advertises_its_private_address_to_the_cameras(machines):

@@ -23,7 +23,9 @@ from pathlib import Path
 import pytest
 
 from appliance import __version__
+from appliance.cloud import credentials
 from appliance.ops import stack as st
+from tests import mongodb_probe
 
 ROOT = Path(__file__).resolve().parents[2]
 COUNT = 500
@@ -45,7 +47,8 @@ def say(message: str) -> None:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[st.Stack]:
     env_file = tmp_path_factory.mktemp("stack") / "appliance.env"
     # One server worker: half the model loading on a small CI machine; batching is unchanged.
-    settings = {**st.LOCAL_PEERS, "SERVER_WORKERS": "1"}
+    # MongoDB with a user and password, as by default (`appliance stack env`).
+    settings = {**st.local_settings(credentials.new()), "SERVER_WORKERS": "1"}
     st.write_env(ROOT / "images" / "appliance.env.example", env_file, settings)
     stack = st.Stack(
         project=os.environ.get("APPLIANCE_E2E_PROJECT", "appliance-e2e"),
@@ -143,3 +146,10 @@ def test_pipeline_survives_killed_consumers(stack: st.Stack, shared_archive: Pat
 
     # Every service container healthy again, the restarted consumers included.
     st.wait_healthy(stack, [service.role for service in st.SERVICES], 120, sys.stderr)
+
+
+def test_mongodb_refuses_a_client_without_the_right_password(stack: st.Stack) -> None:
+    """From a container on the stack's network, as a neighbour would try: no login, a wrong one."""
+    script = mongodb_probe.refusal_script("mongodb")
+    out = docker(stack, "exec", stack.container("consume-db"), "python", "-c", script)
+    assert out.splitlines() == mongodb_probe.EXPECTED

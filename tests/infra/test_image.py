@@ -85,6 +85,25 @@ def test_fresh_bake_has_no_host_keys_build_keys_or_cloud_init_state(host, baked)
     assert host.file("/etc/machine-id").content_string.strip() == ""
 
 
+def test_fresh_bake_holds_no_secret_and_no_key_material(
+    host, units, image_prefix, expected_tag, baked
+):
+    """Passwords and keys come only with a deployment's user-data, never in the image."""
+    if not baked:
+        pytest.skip("a booted VM holds its user-data's secrets (pass --baked for a fresh bake)")
+    with host.sudo():
+        found = host.run(
+            # The appliance's own files, and where a build step could leave a key.
+            "grep -rlsE 'PASSWORD=|PRIVATE KEY' /etc/appliance /etc/systemd/system "
+            "/usr/local/libexec/appliance /root /home 2>/dev/null"
+        ).stdout.split()
+        assert found == [], f"secret or key material baked in: {found}"
+        for unit in units:
+            ref = f"{image_prefix}/{UNIT_IMAGES[unit]}:{expected_tag}"
+            env = host.run("docker image inspect --format '{{json .Config.Env}}' %s", ref).stdout
+            assert "PASSWORD" not in env, f"{ref} carries a password in its environment: {env}"
+
+
 def test_booted_settings_file_is_root_only(host, baked):
     if baked:
         pytest.skip("a fresh bake has no settings yet")

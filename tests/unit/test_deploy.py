@@ -10,6 +10,7 @@ import base64
 import http.server
 import json
 import socket
+import stat
 import threading
 
 import pytest
@@ -18,7 +19,7 @@ pytest.importorskip("openstack", reason="openstacksdk comes with the cloud extra
 yaml = pytest.importorskip("yaml")
 
 from appliance import cli  # noqa: E402
-from appliance.cloud import deploy, topology  # noqa: E402
+from appliance.cloud import credentials, deploy, topology  # noqa: E402
 from appliance.config import ConfigError  # noqa: E402
 from tests.infra.fake_openstack import FakeOpenStack  # noqa: E402
 
@@ -83,12 +84,20 @@ def test_deploy_creates_the_four_servers_in_order_with_real_peer_addresses(fake,
     assert order == [f"appliance-{r}" for r in topology.DEPLOY_ORDER]
     ports = cloud.named("ports")
     ip = {role: ports[f"appliance-{role}"]["fixed_ips"][0]["ip_address"] for role in ROLES}
+    saved = credentials.load(deploy.credentials_path("appliance"))
     assert env_of(fake, "appliance-kafka") == {
         "KAFKA_BOOTSTRAP_SERVERS": f"{ip['kafka']}:9092",
         "KAFKA_ADVERTISED_LISTENERS": f"PLAINTEXT://{ip['kafka']}:9092",
-        "MONGODB_URI": f"mongodb://{ip['mongodb']}:27017",
+        "MONGODB_URI": topology.mongodb_uri(ip["mongodb"], "appliance", saved.mongodb_password),
         "INFERENCE_URL": f"http://{ip['ml-server']}:8000",
     }
+    # Auth is on by default: the server and its clients share the password made for this
+    # deployment, kept 0600 beside its state and nowhere else.
+    assert env_of(fake, "appliance-mongodb") == {
+        "MONGO_INITDB_ROOT_USERNAME": "appliance",
+        "MONGO_INITDB_ROOT_PASSWORD": saved.mongodb_password,
+    }
+    assert stat.S_IMODE(deploy.credentials_path("appliance").stat().st_mode) == 0o600
     assert env_of(fake, "appliance-producer") == {"KAFKA_BOOTSTRAP_SERVERS": f"{ip['kafka']}:9092"}
     for server in cloud.servers.values():
         assert server["status"] == "ACTIVE"

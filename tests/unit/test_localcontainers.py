@@ -20,9 +20,9 @@ import pytest
 
 yaml = pytest.importorskip("yaml", reason="PyYAML comes with the cloud/infra extras")
 
+from appliance.cloud import credentials, topology  # noqa: E402
 from appliance.cloud import localcontainers as lc  # noqa: E402
 from appliance.cloud import plan as plans  # noqa: E402
-from appliance.cloud import topology  # noqa: E402
 from appliance.cloud.writefiles import apply_write_files  # noqa: E402
 from appliance.config import ConfigError  # noqa: E402
 
@@ -193,7 +193,12 @@ def test_plan_names_the_containers_addresses_and_no_static_network(tmp_path: Pat
     assert boots["kafka"].hostname == "t-kafka"
     kafka = yaml.safe_load(boots["kafka"].user_data)
     assert "network" not in kafka and "ssh_authorized_keys" not in kafka
-    assert "MONGODB_URI=mongodb://10.9.8.10:27017" in kafka["write_files"][0]["content"]
+    # The deployment's credentials, made in its state folder, reach the server and its clients.
+    creds = credentials.load(tmp_path / credentials.LOCAL_FILE)
+    uri = topology.mongodb_uri("10.9.8.10", creds.mongodb_user, creds.mongodb_password)
+    assert f"MONGODB_URI={uri}\n" in kafka["write_files"][0]["content"]
+    mongodb = yaml.safe_load(boots["mongodb"].user_data)["write_files"][0]["content"]
+    assert f"MONGO_INITDB_ROOT_PASSWORD={creds.mongodb_password}\n" in mongodb
     assert "PRODUCER_RATE=2" in boots["producer"].user_data
 
 
@@ -204,8 +209,11 @@ def test_state_round_trip_and_how_to_reach_each_container(tmp_path: Path) -> Non
     cloud.save(state(tmp_path))
     assert cloud.require() == state(tmp_path)
     assert cloud.testinfra_host("kafka") == ("docker://t-kafka", {})
-    assert cloud.mongodb_uri(cloud.require()) == (
-        "mongodb://10.9.8.10:27017/?directConnection=true"
+    uri = cloud.mongodb_uri(cloud.require())
+    creds = credentials.load(tmp_path / credentials.LOCAL_FILE)
+    assert uri == (
+        f"mongodb://appliance:{creds.mongodb_password}@10.9.8.10:27017/"
+        "?authSource=admin&directConnection=true"
     )
 
 

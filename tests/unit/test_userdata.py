@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from appliance import cli
-from appliance.cloud import topology, userdata
+from appliance.cloud import credentials, topology, userdata
 from appliance.config import ConfigError
 
 yaml = pytest.importorskip("yaml", reason="PyYAML comes with the cloud/infra extras")
@@ -43,6 +43,12 @@ def parse(text: str) -> tuple[dict, dict, dict[str, str]]:
             key, _, value = line.partition("=")
             settings[key] = value
     return document, entry, settings
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    # The command line keeps the deployment's credentials under ./build/deploy.
+    monkeypatch.chdir(tmp_path)
 
 
 def render_cli(capsys, *argv: str) -> tuple[int, str, str]:
@@ -297,3 +303,43 @@ def test_a_key_file_that_is_no_public_key_is_refused(tmp_path):
         userdata.read_public_key(str(bad))
     with pytest.raises(ConfigError, match="No such file"):
         userdata.read_public_key(str(tmp_path / "missing.pub"))
+
+
+def test_by_default_both_ends_get_one_password_made_for_the_deployment(tmp_path, capsys):
+    """Rendered one image at a time, as a user does: the kafka VM's consumers log in with what
+    the mongodb VM's server was given, from a 0600 file made on the first render."""
+    code, out, _ = render_cli(capsys, "mongodb")
+    assert code == 0
+    server = parse(out)[2]
+    code, out, _ = render_cli(capsys, "kafka", "--kafka", "10.0.0.12", "--mongodb", "10.0.0.10",
+                              "--ml-server", "10.0.0.11")  # fmt: skip
+    assert code == 0
+    uri = parse(out)[2]["MONGODB_URI"]
+    saved = credentials.load(tmp_path / userdata.CREDENTIALS_FILE)
+    assert server == {
+        "MONGO_INITDB_ROOT_USERNAME": "appliance",
+        "MONGO_INITDB_ROOT_PASSWORD": saved.mongodb_password,
+    }
+    assert len(saved.mongodb_password) >= 32
+    assert uri == topology.mongodb_uri("10.0.0.10", "appliance", saved.mongodb_password)
+    assert stat.S_IMODE((tmp_path / userdata.CREDENTIALS_FILE).stat().st_mode) == 0o600
+    assert saved.mongodb_password not in capsys.readouterr().err
+
+
+def test_no_mongodb_auth_is_asked_for_and_makes_no_credentials(tmp_path, capsys):
+    code, out, _ = render_cli(capsys, "mongodb", "--no-mongodb-auth")
+    assert code == 0 and "MONGO_INITDB" not in out
+    assert not (tmp_path / "build").exists()
+    code, _, err = render_cli(capsys, "mongodb", "--no-mongodb-auth", "--mongodb-user", "a",
+                              "--mongodb-password", "b")  # fmt: skip
+    assert code == 2 and "contradict" in err
+
+
+def test_credentials_come_from_the_file_named(tmp_path, capsys):
+    path = tmp_path / "site.env"
+    credentials.save(path, credentials.Credentials("ops", "from-file"))
+    code, out, _ = render_cli(capsys, "mongodb", "--credentials", str(path))
+    assert code == 0 and parse(out)[2]["MONGO_INITDB_ROOT_PASSWORD"] == "from-file"
+    path.chmod(0o644)
+    code, _, err = render_cli(capsys, "mongodb", "--credentials", str(path))
+    assert code == 2 and "chmod 600" in err

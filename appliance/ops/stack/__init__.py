@@ -60,6 +60,7 @@ from appliance.ops.stack.model import (
     Service,
     Stack,
     StackError,
+    local_settings,
 )
 
 __all__ = [
@@ -96,6 +97,7 @@ __all__ = [
     "image_id",
     "inspect_container",
     "load_env",
+    "local_settings",
     "logs_tail",
     "missing_images",
     "parse_env_file",

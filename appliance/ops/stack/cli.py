@@ -10,12 +10,14 @@ from dataclasses import asdict
 from pathlib import Path
 
 from appliance import __version__
+from appliance.cloud import credentials
 from appliance.config import ConfigError, Settings
 from appliance.ops.counts import measure
 from appliance.ops.stack.docker_cli import engine_problem
 from appliance.ops.stack.envfile import write_env
 from appliance.ops.stack.lifecycle import counts, down, statuses, up
 from appliance.ops.stack.model import (
+    CREDENTIALS_NAME,
     DEFAULT_ENV_FILE,
     DEFAULT_IMAGE_PREFIX,
     DEFAULT_PROJECT,
@@ -26,6 +28,7 @@ from appliance.ops.stack.model import (
     PRODUCER,
     Stack,
     StackError,
+    local_settings,
 )
 
 
@@ -99,6 +102,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="another setting to change (repeatable)",
     )
+    env_p.add_argument(
+        "--no-mongodb-auth",
+        action="store_true",
+        help=f"MongoDB without authentication (default: a user and password kept in "
+        f"{CREDENTIALS_NAME} beside --out, made if missing)",
+    )
 
     counts_p = sub.add_parser(
         "counts", help="measure the counts from here (run inside a container of the stack)"
@@ -144,14 +153,21 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _env(args: argparse.Namespace) -> int:
-    overrides = dict(LOCAL_PEERS)
+    creds = None
+    if not args.no_mongodb_auth:
+        creds = credentials.load_or_create(args.out.with_name(CREDENTIALS_NAME))
+    overrides = local_settings(creds)
     for item in args.set:
         name, sep, value = item.partition("=")
         if not sep or not ENV_LINE.match(name):
             raise ConfigError(f"--set wants KEY=VALUE, got {item!r}")
         overrides[name] = value
     path = write_env(args.template, args.out, overrides)
-    print(f"wrote {path} (peers: {', '.join(f'{k}={v}' for k, v in LOCAL_PEERS.items())})")
+    peers = ", ".join(f"{k}={v}" for k, v in LOCAL_PEERS.items())
+    auth = (
+        f"MongoDB login in {args.out.with_name(CREDENTIALS_NAME)}" if creds else "no MongoDB auth"
+    )
+    print(f"wrote {path} (peers: {peers}; {auth})")
     return 0
 
 

@@ -64,7 +64,11 @@ def write_env(template: Path, out: Path, overrides: Mapping[str, str]) -> Path:
     check_env(parse_env_file(text, {}), out)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")
-    partial.write_text(text)
+    # 0600 from the start: it can hold MongoDB's password.
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(partial, 0o600)
     partial.replace(out)
     return out
 

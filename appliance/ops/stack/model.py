@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from appliance import __version__
+from appliance.cloud import credentials, topology
 
 DEFAULT_PROJECT = "appliance"
 DEFAULT_IMAGE_PREFIX = "appliance"
@@ -31,6 +32,23 @@ LOCAL_PEERS: dict[str, str] = {
     "INFERENCE_URL": "http://ml-server:8000",
 }
 REQUIRED_SETTINGS = ("KAFKA_BOOTSTRAP_SERVERS", "MONGODB_URI", "INFERENCE_URL")
+# Beside the env file: the stack's MongoDB user and password, made by its first `env`.
+CREDENTIALS_NAME = "credentials.env"
+
+
+def local_settings(creds: credentials.Credentials | None) -> dict[str, str]:
+    """LOCAL_PEERS, and with ``creds`` MongoDB's first user (the official image's variables,
+    which the ferretdb flavor reads too) and the clients' login in MONGODB_URI. One env file
+    serves every container of the stack."""
+    settings = dict(LOCAL_PEERS)
+    if creds is not None:
+        user, password = creds.mongodb_user, creds.mongodb_password
+        settings["MONGO_INITDB_ROOT_USERNAME"] = user
+        settings["MONGO_INITDB_ROOT_PASSWORD"] = password
+        settings["MONGODB_URI"] = topology.mongodb_uri("mongodb", user, password)
+    return settings
+
+
 ENV_LINE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(?:=(.*))?$")
 
 
