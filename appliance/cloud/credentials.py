@@ -59,17 +59,23 @@ def load(path: Path) -> Credentials:
     return Credentials(user, password)
 
 
-def save(path: Path, credentials: Credentials) -> None:
-    """Written 0600 from the start (never briefly world-readable), in a 0700 folder if new."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+def write_private(path: Path, text: str) -> None:
+    """``text`` into ``path``, mode 0600 from the first byte (never briefly readable by others)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(
-            "# One deployment's MongoDB credentials, made by `appliance`: keep them private.\n"
-            f"{USER_KEY}={credentials.mongodb_user}\n"
-            f"{PASSWORD_KEY}={credentials.mongodb_password}\n"
-        )
+        f.write(text)
     os.chmod(path, 0o600)  # an existing file keeps its mode through O_CREAT
+
+
+def save(path: Path, credentials: Credentials) -> None:
+    """Written private (write_private), in a 0700 folder if new."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    write_private(
+        path,
+        "# One deployment's MongoDB credentials, made by `appliance`: keep them private.\n"
+        f"{USER_KEY}={credentials.mongodb_user}\n"
+        f"{PASSWORD_KEY}={credentials.mongodb_password}\n",
+    )
 
 
 def load_or_create(path: Path) -> Credentials:

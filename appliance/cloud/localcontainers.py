@@ -186,11 +186,11 @@ class ContainerCloud:
             )
         net = check_subnet(subnet)
         image, driver = self.ensure_prepared()
-        state = State(name, str(net), f"{name}-net", image, driver, str(containers_dir))
+        state = State(name, str(net), network_name(name), image, driver, str(containers_dir))
         for role in topology.DEPLOY_ORDER:
             state.containers[role] = Container(
                 role=role,
-                name=f"{name}-{role}",
+                name=container_name(name, role),
                 address=str(net.network_address + HOST_NUMBER[role]),
                 memory_mib=MEMORY_MIB[role],
             )
@@ -449,21 +449,29 @@ class ContainerCloud:
         """Remove the deployment: the state's, or without one, what the name ``name`` left."""
         state = self.load()
         if state is not None:
-            names = [ctr.name for ctr in state.containers.values()] + [state.network]
+            containers = [ctr.name for ctr in state.containers.values()]
+            network = state.network
         else:
-            names = leftovers(name)
-        for found in names:
-            if found.endswith("-net"):
-                docker("network", "rm", found, check=False)
-            else:
-                docker("rm", "-f", "-v", found, check=False, timeout=120)
+            containers = [container_name(name, role) for role in topology.DEPLOY_ORDER]
+            network = network_name(name)
+        for container in containers:  # absent ones: docker says so, and nothing else happens
+            docker("rm", "-f", "-v", container, check=False, timeout=120)
+        docker("network", "rm", network, check=False)
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+def container_name(name: str, role: str) -> str:
+    return f"{name}-{role}"
+
+
+def network_name(name: str) -> str:
+    return f"{name}-net"
+
+
 def leftovers(name: str) -> list[str]:
-    """The containers (NAME-ROLE) and network (NAME-net, last) of a deployment ``name``."""
-    candidates = [f"{name}-{role}" for role in topology.DEPLOY_ORDER]
+    """The containers and network (last) of a deployment ``name`` that exist on this machine."""
+    candidates = [container_name(name, role) for role in topology.DEPLOY_ORDER]
     found = [c for c in candidates if not docker("container", "inspect", c, check=False).returncode]
-    if docker("network", "inspect", f"{name}-net", check=False).returncode == 0:
-        found.append(f"{name}-net")
+    if docker("network", "inspect", network_name(name), check=False).returncode == 0:
+        found.append(network_name(name))
     return found

@@ -25,11 +25,11 @@ from appliance.config import ConfigError
 
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
-# systemd-networkd reads .network files in lexical order: this one matches before a distribution's
-# catch-all (Debian's 80-dhcp, netplan's 10-netplan-*).
 # The default deployment's (`appliance deploy`'s default --name): the user-data this renders and
 # the VMs that command boots share one password.
 CREDENTIALS_FILE = Path("build/deploy/appliance.credentials.env")
+# systemd-networkd reads .network files in lexical order: this one matches before a distribution's
+# catch-all (Debian's 80-dhcp, netplan's 10-netplan-*).
 NETWORK_FILE = "/etc/systemd/network/05-appliance-private.network"
 
 
@@ -251,9 +251,7 @@ def run(args: argparse.Namespace) -> int:
         ssh_keys=[read_public_key(f) for f in args.ssh_key],
     )
     if args.output:
-        fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        credentials.write_private(Path(args.output), text)
     else:
         sys.stdout.write(text)
     return 0

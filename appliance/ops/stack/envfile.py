@@ -7,6 +7,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from appliance.cloud import credentials
 from appliance.config import ConfigError, Settings
 from appliance.ops.stack.model import ENV_LINE, REQUIRED_SETTINGS
 
@@ -64,11 +65,7 @@ def write_env(template: Path, out: Path, overrides: Mapping[str, str]) -> Path:
     check_env(parse_env_file(text, {}), out)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")
-    # 0600 from the start: it can hold MongoDB's password.
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(partial, 0o600)
+    credentials.write_private(partial, text)  # it can hold MongoDB's password
     partial.replace(out)
     return out
 
