@@ -6,6 +6,9 @@ BIN := $(VENV)/bin
 # Images for the cameras: the shared CIFAR-10 archive when present, else the official download.
 SOURCE ?= $(firstword $(wildcard ../shared/data/cifar10-jpg.tar.gz) cifar10)
 COUNT ?= 1000
+# The model `make run`, `make evaluate` and the ml-server image use: the trained one the repository
+# ships (packed weights), or e.g. MODEL=build/model/resnet50.keras after `make model`.
+MODEL ?= images/ml-server/model/resnet50.npz
 
 .DEFAULT_GOAL := help
 .PHONY: help venv run test test-unit test-gpu-path soak lint services services-stop services-status model \
@@ -22,7 +25,7 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 run: venv ## Run the whole pipeline locally (services, server, consumers, cameras) and print the counts.
-	$(BIN)/appliance pipeline --source $(SOURCE) --count $(COUNT)
+	$(BIN)/appliance pipeline --source $(SOURCE) --count $(COUNT) --model $(MODEL)
 
 test: venv ## Unit and integration tests (starts Kafka and the MongoDB-protocol server itself).
 	$(BIN)/pytest
@@ -59,8 +62,8 @@ gpu-import: venv ## The artifact from a GPU run's output folder: make gpu-import
 	@test -n "$(GPU_OUT)" || { echo "gpu-import: say where the GPU run's files are: make gpu-import GPU_OUT=DIR"; exit 2; }
 	$(BIN)/appliance model import-weights $(GPU_OUT) --out build/model/resnet50.keras --data $(SOURCE)
 
-evaluate: venv ## Evaluate build/model/resnet50.keras on the test split.
-	$(BIN)/appliance evaluate build/model/resnet50.keras $(SOURCE)
+evaluate: venv ## Evaluate MODEL (default: the shipped one) on the test split; the plot goes to build/evaluate.
+	$(BIN)/appliance evaluate $(MODEL) $(SOURCE)
 
 bench-serve: venv ## Benchmark: in-process model vs the server vs a naive server.
 	$(BIN)/appliance bench serve

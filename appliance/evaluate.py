@@ -169,7 +169,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("model", help="model artifact, e.g. build/model/resnet50.keras (X.json beside it)")
     add("data", help="labelled images: cifar10, a folder of class folders, or its .tar.gz")
     add("--split", choices=datasets.SPLITS, default="test", help="which split (default test)")
-    add("--out", type=Path, help="confusion matrix PNG (default: X.confusion.png beside the model)")
+    add(
+        "--out",
+        type=Path,
+        help="confusion matrix PNG (default: build/evaluate/<model id>-<split>.confusion.png)",
+    )
     add("--limit", type=int, help="evaluate a class-balanced subset of N images (quick checks)")
     add("--batch-size", type=int, default=256)
     add("--seed", type=int, default=0, help="which subset --limit takes")
@@ -188,7 +192,8 @@ def run(args: argparse.Namespace) -> int:
     except (model.ModelMetadataError, datasets.DatasetError, EvaluationError) as exc:
         print(f"appliance evaluate: {exc}", file=sys.stderr)
         return 2
-    out = args.out or model.artifact_paths(args.model)[0].with_suffix(".confusion.png")
+    # Not beside the model: the shipped one lives in the repository.
+    out = args.out or Path("build/evaluate") / f"{loaded.model_id}-{args.split}.confusion.png"
     print(f"model {loaded.model_id} on {report.total} {args.split} images of {args.data}")
     print(report.format())
     plot_confusion(report, out, f"{loaded.model_id} on {args.split}")

@@ -1,8 +1,9 @@
 """The ResNet50 for CIFAR-10: build it, save it with its metadata, load it back, check both agree.
 
-An artifact is two files side by side: ``NAME.keras`` (the Keras model) and ``NAME.json`` (metadata:
-class names in order, input size, preprocessing, provenance). The server, the containers and the
-images all load through :func:`load`.
+An artifact is two files side by side: ``NAME.keras`` (the Keras model) or ``NAME.npz`` (its weights
+alone, float16: :mod:`appliance.ml.packed`), and ``NAME.json`` (metadata: class names in order,
+input size, stem, preprocessing, provenance, the model file's sha256). The server, the containers
+and the images all load through :func:`load`.
 """
 
 from __future__ import annotations
@@ -87,11 +88,27 @@ class Metadata:
         return cls(**known)
 
 
+# The model file's forms: a whole Keras model, or the weights alone (appliance.ml.packed).
+MODEL_SUFFIXES = (".keras", ".npz")
+
+
 def artifact_paths(path: str | Path) -> tuple[Path, Path]:
-    """``X.keras`` or ``X`` -> (``X.keras``, ``X.json``)."""
+    """``X.keras``, ``X.npz`` or ``X`` (or ``X.json``) -> (the model file, ``X.json``).
+
+    For a bare ``X`` the model file is ``X.keras``, or ``X.npz`` when only that one exists.
+    """
     path = Path(path)
-    stem = path.with_suffix("") if path.suffix in (".keras", ".json") else path
-    return stem.with_suffix(".keras"), stem.with_suffix(".json")
+    if path.suffix in MODEL_SUFFIXES:
+        return path, path.with_suffix(".json")
+    stem = path.with_suffix("") if path.suffix == ".json" else path
+    keras_file, packed_file = stem.with_suffix(".keras"), stem.with_suffix(".npz")
+    model_file = packed_file if packed_file.exists() and not keras_file.exists() else keras_file
+    return model_file, stem.with_suffix(".json")
+
+
+def shipped_path() -> Path:
+    """The trained model the repository ships (the ml-server image's), in a source checkout."""
+    return Path(__file__).resolve().parent.parent / "images/ml-server/model/resnet50.npz"
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -176,9 +193,20 @@ def save(model, path: str | Path, metadata: Metadata) -> Metadata:
     model_path, meta_path = artifact_paths(path)
     model_path.parent.mkdir(parents=True, exist_ok=True)
     _check_matches(model, metadata, str(meta_path))
-    model.save(model_path)
+    if model_path.suffix == ".npz":
+        from appliance.ml import packed
+
+        packed.save(model, model_path)
+    else:
+        model.save(model_path)
     metadata.model_sha256 = sha256_file(model_path)
-    meta_path.write_text(json.dumps(asdict(metadata), indent=2, sort_keys=True) + "\n")
+    return write_metadata(model_path, metadata)
+
+
+def write_metadata(path: str | Path, metadata: Metadata) -> Metadata:
+    """``X.json`` alone (the model file is left as it is), e.g. after measuring its accuracy."""
+    text = json.dumps(asdict(metadata), indent=2, sort_keys=True) + "\n"
+    artifact_paths(path)[1].write_text(text)
     return metadata
 
 
@@ -223,7 +251,21 @@ def load(path: str | Path, verify_sha256: bool = True) -> LoadedModel:
                 f"{model_path}: sha256 {actual} does not match {metadata.model_sha256} "
                 f"recorded in {meta_path.name}"
             )
-    model = keras.models.load_model(model_path, compile=False)
+    if model_path.suffix == ".npz":
+        from appliance.ml import packed
+
+        previous = keras.mixed_precision.global_policy()
+        keras.mixed_precision.set_global_policy("float32")  # what the weights were stored from
+        try:
+            model = build(metadata.input_size, metadata.class_names, metadata.stem)
+        finally:
+            keras.mixed_precision.set_global_policy(previous)
+        try:
+            packed.load_into(model, model_path, metadata.stem)
+        except ValueError as exc:  # pieces.WeightsError: the file is not this model's weights
+            raise ModelMetadataError(f"{model_path}: {exc}") from None
+    else:
+        model = keras.models.load_model(model_path, compile=False)
     _check_matches(model, metadata, str(meta_path))
     return LoadedModel(model, metadata)
 

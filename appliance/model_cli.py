@@ -1,11 +1,12 @@
-"""`appliance model`: make, inspect, fetch or import a model artifact (``X.keras`` + ``X.json``)."""
+"""`appliance model`: make, inspect, fetch, pack or import a model artifact (``X.keras`` or
+``X.npz``, with ``X.json`` beside it)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from appliance import datasets, model
@@ -34,6 +35,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     fetch.add_argument("--sha256", required=True, help="sha256 of the .keras file (64 hex digits)")
     fetch.add_argument("--out", default=DEFAULT_OUT, help="where to put it (default %(default)s)")
     fetch.add_argument("--timeout", type=float, default=60.0, help="seconds per network read")
+    pack = sub.add_parser(
+        "pack",
+        help="an artifact's weights alone as X.npz, float16: small enough for git",
+        description="Write SOURCE's weights as X.npz (float16 where they fit) with X.json beside "
+        "it, then load it back through the normal path. With --data the packed model's test "
+        "accuracy is measured and recorded (float16 weights round its outputs slightly).",
+    )
+    pack.add_argument("source", help="an artifact, X.keras with X.json beside it")
+    pack.add_argument("--out", type=Path, required=True, help="the packed artifact, Y.npz")
+    pack.add_argument("--data", help="labelled images with a test split, to measure accuracy on")
     imp = sub.add_parser(
         "import-weights",
         help="make an artifact of a GPU run's weights (python -m appliance.ml.gpu_train)",
@@ -58,6 +69,12 @@ def run(args: argparse.Namespace) -> int:
         elif args.action == "fetch":
             metadata = model.fetch(args.source, args.sha256, args.out, timeout=args.timeout)
             print(f"fetched {model.artifact_paths(args.out)[0]} ({metadata.model_id})")
+        elif args.action == "pack":
+            metadata = pack(args.source, args.out, args.data)
+            accuracy = metadata.test_accuracy
+            measured = "" if accuracy is None else f", test accuracy {100 * accuracy:.2f}%"
+            size = args.out.stat().st_size / 1e6
+            print(f"saved {args.out} ({metadata.model_id}, {size:.1f} MB{measured})")
         elif args.action == "import-weights":
             metadata = gpu_import.import_weights(
                 args.folder, args.out, args.data, args.test_limit, args.min_agreement
@@ -77,3 +94,31 @@ def run(args: argparse.Namespace) -> int:
         print(f"appliance model: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def pack(source: str, out: Path, data: str | None) -> model.Metadata:
+    """SOURCE's weights as ``out`` (.npz), loaded back; with ``data``, its test accuracy."""
+    from appliance.evaluate import evaluate
+
+    if out.suffix != ".npz":
+        raise model.ModelMetadataError(f"--out {out}: a packed artifact is a .npz file")
+    loaded = model.load(source)
+    before = loaded.metadata
+    packed_from = {"model_sha256": before.model_sha256, "test_accuracy": before.test_accuracy}
+    metadata = replace(
+        before,
+        model_sha256=None,
+        test_accuracy=None,
+        extra={**before.extra, "packed_from": packed_from, "weights": "float16 where they fit"},
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model.save(loaded.model, out, metadata)
+    reloaded = model.load(out)  # through the path every user of the artifact takes
+    if data:
+        report = evaluate(
+            reloaded.model, datasets.load(data, "test"), reloaded.class_names, reloaded.input_size
+        )
+        metadata.test_accuracy = report.top1
+        metadata.extra["test_images"] = report.total
+        model.write_metadata(out, metadata)
+    return metadata

@@ -26,7 +26,8 @@ from appliance.ops.counts import label_quality, quality_lines
 from appliance.server.process import ServerProcess
 
 log = logging.getLogger(__name__)
-DEFAULT_MODEL = Path("build/model/resnet50.keras")
+# The trained model the repository ships; --model (make run MODEL=...) serves another.
+DEFAULT_MODEL = model.shipped_path()
 
 
 def start(command: list[str], settings: Settings, log_path: Path) -> subprocess.Popen:
@@ -50,8 +51,17 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 def ensure_model(path: Path) -> Path:
+    """``path`` when it holds an artifact; otherwise an untrained one saved there, said plainly.
+
+    The shipped model is never made here: outside a source checkout it is absent, and an
+    untrained stand-in goes to build/ instead.
+    """
     if model.artifact_paths(path)[0].exists():
         return path
+    if path == DEFAULT_MODEL:
+        path = Path("build/model/untrained.keras")
+        if path.exists():
+            return path
     print(
         f"no model at {path}: saving a freshly initialised ResNet50 there (labels will be "
         "guesses; `make model` trains one)",
@@ -79,7 +89,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--model",
         type=Path,
         default=DEFAULT_MODEL,
-        help=f"model artifact (default: {DEFAULT_MODEL}, made if missing)",
+        help="model artifact (default: the trained model the repository ships, "
+        "images/ml-server/model/resnet50.npz; another path is made untrained if missing)",
     )
     parser.add_argument("--port", type=int, default=8000, help="inference server port")
     parser.add_argument(

@@ -13,7 +13,9 @@ BASE_IMAGE ?= debian:bookworm-slim
 # when mongo:7 is present or can be pulled, else ferretdb.
 MONGODB_FLAVOR ?= auto
 MONGO_IMAGE ?= mongo:7
-CONTAINER_MODEL ?= build/model/resnet50.keras
+# The model the ml-server image serves: MODEL (the Makefile's: the trained one the repository
+# ships), or any artifact, e.g. CONTAINER_MODEL=build/model/resnet50.keras after `make model`.
+CONTAINER_MODEL ?= $(MODEL)
 # The images the producer image carries: the test split of SOURCE (the shared CIFAR-10 archive
 # here, else the official download), about 3 MB.
 CAMERA_IMAGES ?= $(CTR_DIR)/cameras/cifar10-test.tar.gz
@@ -100,7 +102,7 @@ container-ml-server: base-image $(APPLIANCE_WHEEL) $(CTR_DIR)/deps-server/.compl
 	$(call build-image,ml-server,$(PYTHON_BUILD_ARGS) --build-arg MODEL_ID="$$($(BIN)/python -c \
 		'import json,sys; m=json.load(open(sys.argv[1])); \
 		print(m["architecture"], "sha256:" + m["model_sha256"][:12], "trained" if m.get("extra",{}).get("trained", True) else "untrained")' \
-		$(CONTAINER_MODEL:.keras=.json))")
+		$(basename $(CONTAINER_MODEL)).json)")
 
 container-mongodb: venv
 	@flavor=$(MONGODB_FLAVOR); \
@@ -159,7 +161,8 @@ $(CTR_DIR)/deps-%/.complete: $(CTR_DIR)/constraints.txt pyproject.toml | venv
 $(CAMERA_IMAGES): | venv
 	$(BIN)/appliance dataset pack $(SOURCE) --split test --out $@
 
-# The trained model when `make model` made one; otherwise an untrained one, said plainly.
+# A CONTAINER_MODEL that does not exist (a build/ path before `make model`): an untrained one,
+# said plainly. The shipped model is in the repository and never made here.
 $(CONTAINER_MODEL): | venv
 	@echo "NOTE: no model at $@: saving an untrained ResNet50 there for the ml-server image" \
 		"(its labels are guesses; 'make model' trains one, then rebuild)"

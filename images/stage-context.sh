@@ -5,7 +5,7 @@
 # Inputs by environment, each needed only by the images that use it:
 #   DEPS_DIR      requirements.txt, constraints.txt and wheels/  (producer, kafka, ml-server)
 #   DIST_DIR      the appliance wheel                            (producer, kafka, ml-server)
-#   MODEL         the model artifact, X.keras with X.json beside it   (ml-server)
+#   MODEL         the model artifact, X.keras or X.npz with X.json beside it   (ml-server)
 #   CAMERA_IMAGES the cameras' images, a .tar.gz from `appliance dataset pack`  (producer)
 #   KAFKA_LIBS    the broker's jars                               (kafka)
 #   FERRETDB_BIN  the FerretDB binary                             (mongodb, ferretdb flavor)
@@ -50,10 +50,14 @@ case $image in
     ;;
   ml-server)
     need MODEL
-    meta=${MODEL%.keras}.json
+    # X.keras (a whole Keras model) or X.npz (the packed weights the repository ships).
+    suffix=${MODEL##*.}
+    [[ $suffix == keras || $suffix == npz ]] \
+      || { echo "stage-context.sh: MODEL must be X.keras or X.npz (got $MODEL)" >&2; exit 1; }
+    meta=${MODEL%.*}.json
     [[ -f $meta ]] || { echo "stage-context.sh: $meta (the model's metadata) is missing" >&2; exit 1; }
     mkdir -p "$dest/model"
-    ln "$MODEL" "$dest/model/resnet50.keras" 2>/dev/null || cp -p "$MODEL" "$dest/model/resnet50.keras"
+    ln "$MODEL" "$dest/model/resnet50.$suffix" 2>/dev/null || cp -p "$MODEL" "$dest/model/resnet50.$suffix"
     cp -p "$meta" "$dest/model/resnet50.json"
     ;;
   kafka)

@@ -56,31 +56,6 @@ def compare(probs: np.ndarray, reference: np.ndarray) -> Comparison:
     return Comparison(len(probs), agree, float(np.max(np.abs(probs - reference), initial=0.0)))
 
 
-def _short(path: str) -> str:
-    """'conv1_conv/kernel' out of any longer path: the layer and the variable."""
-    return "/".join(path.split("/")[-2:])
-
-
-def check_layout(net, entries: list[pieces.Entry], stem: str) -> None:
-    weights = net.weights
-    if len(weights) != len(entries):
-        raise GpuImportError(
-            f"shape mismatch: the manifest has {len(entries)} weights, build(stem={stem!r}) makes "
-            f"{len(weights)}"
-        )
-    for i, (weight, entry) in enumerate(zip(weights, entries, strict=True)):
-        if tuple(weight.shape) != entry.shape:
-            raise GpuImportError(
-                f"shape mismatch: weight {i} ({entry.name}) is {list(entry.shape)} in the "
-                f"manifest, the model's {weight.path} is {list(weight.shape)}"
-            )
-        if _short(weight.path) != _short(entry.name):
-            raise GpuImportError(
-                f"weight order differs: weight {i} is {entry.name} in the manifest, "
-                f"{weight.path} in the model"
-            )
-
-
 def import_weights(
     folder: Path,
     out: Path,
@@ -108,7 +83,7 @@ def import_weights(
     class_names = list(manifest["class_names"])
     keras.mixed_precision.set_global_policy("float32")
     net = model.build(size, class_names, stem)
-    check_layout(net, pieces.entries(manifest), stem)
+    pieces.check_layout(net, pieces.entries(manifest), stem)
     net.set_weights(pieces.read_weights(folder, manifest))
 
     reference = pieces.read_reference(folder, manifest)

@@ -196,6 +196,32 @@ def read_weights(folder: Path, manifest: dict[str, Any]) -> list[np.ndarray]:
     return out
 
 
+def _short(path: str) -> str:
+    """'conv1_conv/kernel' out of any longer path: the layer and the variable."""
+    return "/".join(path.split("/")[-2:])
+
+
+def check_layout(net, entries: list[Entry], stem: str) -> None:
+    """The stored weights must be the model's: as many, each with the same name and shape."""
+    weights = net.weights
+    if len(weights) != len(entries):
+        raise WeightsError(
+            f"shape mismatch: {len(entries)} weights stored, build(stem={stem!r}) makes "
+            f"{len(weights)}"
+        )
+    for i, (weight, entry) in enumerate(zip(weights, entries, strict=True)):
+        if tuple(weight.shape) != entry.shape:
+            raise WeightsError(
+                f"shape mismatch: weight {i} ({entry.name}) is {list(entry.shape)} as stored, "
+                f"the model's {weight.path} is {list(weight.shape)}"
+            )
+        if _short(weight.path) != _short(entry.name):
+            raise WeightsError(
+                f"weight order differs: weight {i} is {entry.name} as stored, "
+                f"{weight.path} in the model"
+            )
+
+
 @dataclass
 class Reference:
     images: np.ndarray

@@ -89,7 +89,7 @@ def add_arguments(sub: Any) -> None:
     add("--step-seconds", type=float, default=30.0, help="seconds of load per step (default 30)")
     add("--cameras", type=int, default=4, help="camera names the images rotate through")
     add("--source", default="cifar10", help="image source, as for `appliance produce`")
-    add("--model", type=Path, help="model artifact (default: build/model/resnet50.keras or new)")
+    add("--model", type=Path, help="model artifact (default: the shipped trained model)")
     add("--drain-timeout", type=float, default=120.0, help="seconds a step may take to drain")
     add("--out", type=Path, default=Path("build/bench"), help="JSON and plots (build/bench)")
     add("--all-steps", action="store_true", help="run every step, even after saturation")

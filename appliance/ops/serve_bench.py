@@ -44,7 +44,10 @@ RAMP_S = 0.5
 def add_arguments(sub: Any) -> None:
     serve = sub.add_parser("serve", help="in-process model vs the server vs a naive server")
     add = serve.add_argument
-    add("--model", help="model artifact; default: a freshly initialised one in a temp dir")
+    add(
+        "--model",
+        help="model artifact; default: the shipped trained model (a fresh one where it is absent)",
+    )
     add("--batch", type=int, default=64, help="batch size in-process and server max batch")
     # 4 x batch: two full batches in flight per worker with 2 workers (the 2-core default).
     add("--clients", type=int, default=256, help="concurrent HTTP clients, one request each")
@@ -76,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     workers = args.workers or default_workers()
     with tempfile.TemporaryDirectory(prefix="appliance-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        model_path = args.model or _untrained_model(tmp)
+        model_path = args.model or _default_model(tmp)
         bodies = _request_bodies(model_path)
         in_process, server = _compare(model_path, args, bodies, tmp, threads, workers)
         naive = None
@@ -170,9 +173,12 @@ def _report(name: str, how: str, result: Result) -> None:
     print(f"{name}: {result.images_per_s:.1f} img/s ({how}{extra}{errors})", flush=True)
 
 
-def _untrained_model(tmp: Path) -> str:
-    from appliance.model import create_untrained
+def _default_model(tmp: Path) -> str:
+    """The shipped model; outside a source checkout an untrained one (the same compute)."""
+    from appliance.model import create_untrained, shipped_path
 
+    if shipped_path().exists():
+        return str(shipped_path())
     path = tmp / "model" / "resnet50-untrained"
     print("bench: no --model given, creating an untrained ResNet50 ...", file=sys.stderr)
     create_untrained(path)

@@ -1,4 +1,4 @@
-"""The inference server over HTTP: real Gunicorn, real (untrained) ResNet50, no mocks."""
+"""The inference server over HTTP: real Gunicorn, the real (shipped, trained) ResNet50, no mocks."""
 
 from __future__ import annotations
 
@@ -7,8 +7,11 @@ import re
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from appliance import model
+from appliance.evaluate import balanced_order, decode_samples, label_indices, predict
 from appliance.model import CIFAR10_CLASSES
 
 from .server_fixtures import *  # noqa: F403 - the ml_server fixture
@@ -226,3 +229,30 @@ def test_serve_refuses_a_malformed_setting_naming_it(model_path: Path, tmp_path:
     server = start_server(model_path, tmp_path / "server.log", MAX_BATCH_SIZE="lots")
     assert server.proc.wait(60) == 2
     assert "MAX_BATCH_SIZE must be a number, got 'lots'" in server.log()
+
+
+def test_served_labels_are_the_artifacts_own_and_as_accurate(
+    ml_server: Server, model_path: Path, cifar_test_samples: list
+) -> None:
+    """1,000 test images over HTTP: the labels the artifact gives in-process, and (for a trained
+    model) the accuracy its metadata records, within what a 1,000-image subset can vary."""
+    loaded = model.load(model_path)
+    truth = label_indices(cifar_test_samples, loaded.class_names)
+    chosen = balanced_order(truth, seed=0)[:1000]
+    samples = [cifar_test_samples[i] for i in chosen]
+    local = predict(loaded.model, decode_samples(samples, loaded.input_size)).argmax(axis=1)
+    served = []
+    for start in range(0, len(samples), 4):  # the fixture's MAX_BATCH_IMAGES
+        images = [base64.b64encode(s.image).decode() for s in samples[start : start + 4]]
+        response = ml_server.post("/predict/batch", {"images": images})
+        assert response.status_code == 200, response.text
+        served += [loaded.class_names.index(p["label"]) for p in response.json()["predictions"]]
+    agree = np.mean(np.array(served) == local)
+    accuracy = np.mean(np.array(served) == truth[chosen])
+    print(f"served {loaded.model_id}: agrees with in-process on {100 * agree:.1f}%, "
+          f"top-1 {100 * accuracy:.1f}% of {len(samples)} test images")  # fmt: skip
+    assert agree >= 0.995
+    recorded = loaded.metadata.test_accuracy
+    if loaded.metadata.extra.get("trained") and recorded is not None:
+        # A 1,000-image subset of a ~60-90% model: a standard error of about 1.5 points.
+        assert abs(accuracy - recorded) <= 0.05, (accuracy, recorded)

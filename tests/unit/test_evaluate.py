@@ -82,7 +82,8 @@ def write_set(root: Path, images: list[bytes], labels: list[str]) -> Path:
     return root
 
 
-def test_evaluate_gives_the_known_accuracy(tmp_path, capsys):
+def test_evaluate_gives_the_known_accuracy(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default plot goes under ./build/evaluate
     artifact = tiny_artifact(tmp_path / "tiny.keras")
     loaded = model.load(artifact)
     rng = np.random.default_rng(0)
@@ -96,7 +97,9 @@ def test_evaluate_gives_the_known_accuracy(tmp_path, capsys):
     assert cli.main(["evaluate", str(artifact), str(own)]) == 0
     out = capsys.readouterr().out
     assert "top-1 accuracy: 100.00% (20/20)" in out
-    assert (tmp_path / "tiny.confusion.png").exists()
+    # Under build/, by model id: not beside the model (the shipped one is in the repository).
+    assert (tmp_path / "build/evaluate" / f"{loaded.model_id}-test.confusion.png").exists()
+    assert not (tmp_path / "tiny.confusion.png").exists()
 
     # Half the labels moved to another class: exactly half right, and per class as computed.
     labels = [names[p] if i % 2 == 0 else names[(p + 1) % 10] for i, p in enumerate(predicted)]
