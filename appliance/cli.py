@@ -24,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "services": ("appliance.ops.services", "start/stop local Kafka and MongoDB-protocol server"),
     "pipeline": ("appliance.pipeline", "run the whole pipeline locally and report the counts"),
     "model": ("appliance.model_cli", "create or inspect a model artifact"),
-    "train": ("appliance.train", "train the ResNet50 on CIFAR-10"),
+    "train": ("appliance.ml.train", "train the ResNet50 on CIFAR-10"),
     "evaluate": ("appliance.evaluate", "top-1, per-class accuracy and confusion matrix"),
     "bench": ("appliance.ops.bench", "benchmarks that print figures"),
     "variants": ("appliance.variants", "accuracy against speed of the ResNet50 variants"),

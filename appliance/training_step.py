@@ -29,13 +29,13 @@ from pathlib import Path
 _CHILD = """
 import sys, time
 import numpy as np
-from appliance import train
+from appliance.ml import compiled, recipe as recipes
 stem, size, policy, xla = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4] == "1"
 batch, steps = int(sys.argv[5]), int(sys.argv[6])
-recipe = train.Recipe(stem=stem, input_size=size, epochs=30, batch_size=batch, peak_lr=0.1,
+recipe = recipes.Recipe(stem=stem, input_size=size, epochs=30, batch_size=batch, peak_lr=0.1,
     warmup_epochs=2.0, momentum=0.9, weight_decay=5e-4, label_smoothing=0.1, seed=0, limit=None,
     val_split=0.0, data_sha256="")
-net = train.build_compiled(recipe, steps_per_epoch=390, policy=policy, xla=xla)
+net = compiled.build_compiled(recipe, steps_per_epoch=390, policy=policy, xla=xla)
 rng = np.random.default_rng(0)
 x = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
 y = np.eye(10, dtype=np.float32)[rng.integers(0, 10, batch)]

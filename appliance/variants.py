@@ -118,7 +118,7 @@ def _inference(net, size: int, batch: int, seconds: float) -> float:
 def _accuracy(stem: str, size: int, args: argparse.Namespace) -> float | None:
     import tempfile
 
-    from appliance import train
+    from appliance.ml import train
 
     with tempfile.TemporaryDirectory() as tmp:
         out = f"{tmp}/{stem}{size}.keras"
@@ -144,7 +144,8 @@ def _hours(seconds: float) -> str:
 def run(args: argparse.Namespace) -> int:
     import keras
 
-    from appliance import train, training_step
+    from appliance import training_step
+    from appliance.ml import compiled
 
     cores = os.cpu_count() or 1
     results: list[Figures] = []
@@ -157,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
         timings = []
         for precision, xla in args.setups:
             setup = setup_name(precision, xla)
-            policy = train.POLICIES[precision]
+            policy = compiled.POLICIES[precision]
             step = training_step.measure(
                 stem, size, policy, xla, args.train_batch, args.train_steps
             )

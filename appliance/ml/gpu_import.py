@@ -28,7 +28,7 @@ import numpy as np
 from appliance import datasets, model
 from appliance.evaluate import balanced_order, evaluate, label_indices, predict
 from appliance.ml import pieces
-from appliance.train import data_sha256
+from appliance.ml.training_data import data_sha256
 
 log = logging.getLogger(__name__)
 MIN_AGREEMENT = 0.99

@@ -33,7 +33,7 @@ from appliance import __version__, datasets, model
 from appliance.evaluate import EvaluationError, balanced_order, decode_samples, label_indices
 from appliance.ml import pieces
 from appliance.ml.schedule import Schedule, duration, planned_steps
-from appliance.train import DATA_SHA256_METHOD, data_sha256
+from appliance.ml.training_data import DATA_SHA256_METHOD, data_sha256
 
 STARTED = time.monotonic()  # the budget counts from here (the imports above are cheap)
 log = logging.getLogger("appliance.ml.gpu_train")
@@ -58,7 +58,7 @@ class Recipe:
 
     @property
     def pad(self) -> int:
-        return max(1, round(4 * self.input_size / 32))  # as appliance.train: 4 px at 32x32
+        return max(1, round(4 * self.input_size / 32))  # as appliance.ml.recipe: 4 px at 32x32
 
 
 def elapsed() -> float:
@@ -232,7 +232,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     def step_once(step: int):
         epoch, k = divmod(step, per_epoch)
-        if epoch not in orders:  # each epoch's order as appliance.train draws it
+        if epoch not in orders:  # each epoch's order as appliance.ml.training_data draws it
             orders.clear()
             orders[epoch] = np.random.default_rng([recipe.seed, epoch]).permutation(n)
         index = orders[epoch][k * recipe.batch_size : (k + 1) * recipe.batch_size]

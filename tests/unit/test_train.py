@@ -22,9 +22,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from appliance import datasets, model, train
+from appliance import datasets, model
 from appliance.evaluate import MAX_PIXELS, decode_samples
 from appliance.imaging import image_to_input
+from appliance.ml import checkpoints, train, training_data
+from appliance.ml.recipe import Recipe
 
 PER_CLASS = {"train": 2, "test": 1}
 ARGS = ["--stem", "stock", "--limit", "16", "--batch-size", "8", "--epochs", "3"]
@@ -52,11 +54,11 @@ def data(shared_archive, tmp_path_factory) -> Path:
     return root
 
 
-def recipe(data: Path) -> train.Recipe:
+def recipe(data: Path) -> Recipe:
     parser = argparse.ArgumentParser()
     train.add_arguments(parser)
     args = parser.parse_args(["--data", str(data), *ARGS])
-    return train.recipe_from_args(args, train.data_sha256(str(data)))
+    return train.recipe_from_args(args, training_data.data_sha256(str(data)))
 
 
 def run_train(*argv: str) -> int:
@@ -72,7 +74,7 @@ def test_training_and_serving_give_the_model_the_same_input(data):
     from appliance.server.app import ServerSettings, _to_input
 
     everything = dataclasses.replace(recipe(data), limit=None)
-    train_split, _, _ = train.load_training_data(str(data), everything)
+    train_split, _, _ = training_data.load_training_data(str(data), everything)
     samples = datasets.load(str(data), "train")
     settings = ServerSettings()
     for sample in samples:
@@ -94,27 +96,33 @@ def crops_and_flips(image: np.ndarray, pad: int) -> list[np.ndarray]:
 def test_augmentation_is_a_seeded_crop_and_flip():
     images = np.random.default_rng(0).integers(1, 256, (16, 32, 32, 3), dtype=np.uint8)
     seed = np.array([0, 5], dtype=np.int64)
-    out = np.asarray(train.augment_batch(images, seed, pad=4))
+    out = np.asarray(training_data.augment_batch(images, seed, pad=4))
     assert out.shape == images.shape and out.dtype == np.uint8
     for original, augmented in zip(images, out, strict=True):
         assert any(np.array_equal(augmented, c) for c in crops_and_flips(original, 4))
-    assert np.array_equal(out, np.asarray(train.augment_batch(images, seed, pad=4)))
-    other = np.asarray(train.augment_batch(images, np.array([0, 6]), pad=4))
+    assert np.array_equal(out, np.asarray(training_data.augment_batch(images, seed, pad=4)))
+    other = np.asarray(training_data.augment_batch(images, np.array([0, 6]), pad=4))
     assert not np.array_equal(out, other)
     assert not np.array_equal(out, images)
 
 
 def test_a_resumed_run_sees_the_same_batches():
-    split = train.Split(np.arange(40, dtype=np.uint8).reshape(40, 1, 1, 1), np.arange(40) % 10)
-    r = train.Recipe(
+    images = np.arange(40, dtype=np.uint8).reshape(40, 1, 1, 1)
+    split = training_data.Split(images, np.arange(40) % 10)
+    r = Recipe(
         stem="stock", input_size=1, epochs=3, batch_size=8, peak_lr=0.1, warmup_epochs=0,
         momentum=0.9, weight_decay=0, label_smoothing=0, seed=3, limit=None, val_split=0,
         data_sha256="",
     )  # fmt: skip
-    whole = list(train.epoch_batches(split, r, steps=5, start_epoch=0))
-    resumed = list(train.epoch_batches(split, r, steps=5, start_epoch=1))
+    whole = list(training_data.epoch_batches(split, r, steps=5, start_epoch=0))
+    resumed = list(training_data.epoch_batches(split, r, steps=5, start_epoch=1))
     assert len(whole) == 15 and len(resumed) == 10
     for a, b in zip(whole[5:], resumed, strict=True):
+        assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    # Resumed within an epoch: the rest of that epoch's batches, then the same epochs after it.
+    within = list(training_data.epoch_batches(split, r, steps=5, start_epoch=1, start_step=2))
+    assert len(within) == 8
+    for a, b in zip(whole[7:], within, strict=True):
         assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
     # Each epoch is a permutation of the whole set, and the epochs differ.
     epochs = [np.sort(np.concatenate([b[1] for b in whole[i : i + 5]])) for i in (0, 5, 10)]
@@ -128,10 +136,10 @@ def test_data_sha256_is_documented_manifest(data, tmp_path):
         digest = hashlib.sha256((data / path).read_bytes()).hexdigest()
         lines.append(f"{digest}  {path}\n")
     expected = hashlib.sha256("".join(lines).encode()).hexdigest()
-    assert train.data_sha256(str(data)) == expected
+    assert training_data.data_sha256(str(data)) == expected
     archive = tmp_path / "a.tar.gz"
     archive.write_bytes(b"not really")
-    assert train.data_sha256(str(archive)) == hashlib.sha256(b"not really").hexdigest()
+    assert training_data.data_sha256(str(archive)) == hashlib.sha256(b"not really").hexdigest()
 
 
 # --- one real run: interrupted, resumed, exported -------------------------------------------------
@@ -140,8 +148,10 @@ def test_data_sha256_is_documented_manifest(data, tmp_path):
 @pytest.fixture(scope="module")
 def trained(data, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("model") / "resnet50.keras"
-    argv = ["--data", str(data), "--out", str(out), *ARGS]
-    state_file = train.checkpoint_dir(out) / train.STATE_FILE
+    # A checkpoint after every step: the kill lands within an epoch, the case that resumes at a
+    # step (an epoch boundary is the same with step 0).
+    argv = ["--data", str(data), "--out", str(out), *ARGS, "--checkpoint-minutes", "0"]
+    state_file = checkpoints.checkpoint_dir(out) / checkpoints.STATE_FILE
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     log_path = out.with_name("first-run.log")
     with log_path.open("w") as log_file:
@@ -153,21 +163,20 @@ def trained(data, tmp_path_factory) -> dict:
         )
         deadline = time.monotonic() + 600
         try:
-            while train.read_state(state_file.parent) is None or (
-                train.read_state(state_file.parent)["epoch"] < 1
-            ):
+            while not (checkpoints.read_state(state_file.parent) or {}).get("checkpoint"):
                 assert first.poll() is None, log_path.read_text()
                 assert time.monotonic() < deadline, "no checkpoint within 10 minutes"
                 time.sleep(0.1)
         finally:
             first.send_signal(signal.SIGKILL)  # a crash: no chance to clean up
             first.wait()
-    killed_at = train.read_state(state_file.parent)["epoch"]
+    killed = checkpoints.read_state(state_file.parent)
+    killed_at = (killed["epoch"], killed["step"])
 
     records: list[str] = []
     handler = logging.Handler()
     handler.emit = lambda record: records.append(record.getMessage())  # type: ignore[method-assign]
-    logger = logging.getLogger("appliance.train")
+    logger = logging.getLogger("appliance.ml.train")
     logger.addHandler(handler)
     old_level = logger.level
     logger.setLevel(logging.INFO)
@@ -179,20 +188,23 @@ def trained(data, tmp_path_factory) -> dict:
     return {"out": out, "argv": argv, "killed_at": killed_at, "rc": rc, "log": records}
 
 
-def test_resume_continues_from_the_checkpointed_epoch(trained):
+def test_resume_continues_from_the_checkpointed_step(trained):
     assert trained["rc"] == 0
-    assert 1 <= trained["killed_at"] < 3
-    assert f"resuming from {train.checkpoint_dir(trained['out'])} after epoch " in "\n".join(
-        trained["log"]
+    epoch, step = trained["killed_at"]
+    assert (0, 1) <= (epoch, step) < (3, 0) and 0 <= step < 2
+    within = f" and {step}/2 steps of the next" if step else ""
+    assert (
+        f"resuming from {checkpoints.checkpoint_dir(trained['out'])} after epoch {epoch}/3{within}"
+        in trained["log"]
     )
-    assert any(f"after epoch {trained['killed_at']}/3" in line for line in trained["log"])
     # Only the epochs after the checkpoint ran again; the first run's are kept in the history.
     epochs_run = [line.split()[1] for line in trained["log"] if line.startswith("epoch ")]
-    assert epochs_run == [f"{e}/3" for e in range(trained["killed_at"] + 1, 4)]
-    state = train.read_state(train.checkpoint_dir(trained["out"]))
+    assert epochs_run == [f"{e}/3" for e in range(epoch + 1, 4)]
+    state = checkpoints.read_state(checkpoints.checkpoint_dir(trained["out"]))
     assert [h["epoch"] for h in state["history"]] == [1, 2, 3]
-    assert state["finished"] is True
-    assert sorted(p.name for p in train.checkpoint_dir(trained["out"]).glob("*.keras")) == [
+    assert all(0.0 <= h["probe_accuracy"] <= 1.0 for h in state["history"])
+    assert state["finished"] is True and state["step"] == 0
+    assert sorted(p.name for p in checkpoints.checkpoint_dir(trained["out"]).glob("*.keras")) == [
         "epoch-0003.keras"
     ]
 
@@ -201,7 +213,7 @@ def test_training_lowers_the_loss(trained, data):
     import keras
 
     samples = datasets.load(str(data), "train")
-    train_split, _, _ = train.load_training_data(str(data), recipe(data))
+    train_split, _, _ = training_data.load_training_data(str(data), recipe(data))
     labels = np.eye(10)[train_split.labels]
     loss = keras.losses.CategoricalCrossentropy()
     initial = model.build(32, stem="stock", seed=0)  # the run's starting weights (same seed)
@@ -218,10 +230,10 @@ def test_the_artifact_records_its_training(trained, data):
     meta = loaded.metadata
     assert meta.class_names == list(model.CIFAR10_CLASSES)
     assert (meta.input_size, meta.stem) == (32, "stock")
-    assert meta.training_data_sha256 == train.data_sha256(str(data))
+    assert meta.training_data_sha256 == training_data.data_sha256(str(data))
     assert meta.test_accuracy is not None and 0.0 <= meta.test_accuracy <= 1.0
     assert meta.extra["epochs"] == 3 and meta.extra["test_images"] == 10
-    assert meta.extra["training_data_sha256_method"] == train.DATA_SHA256_METHOD
+    assert meta.extra["training_data_sha256_method"] == training_data.DATA_SHA256_METHOD
     assert meta.extra["precision"] == "float32"
     assert [h["epoch"] for h in meta.extra["history"]] == [1, 2, 3]
     assert meta.extra["training_seconds"] > 0
@@ -232,7 +244,7 @@ def test_the_artifact_records_its_training(trained, data):
 
 
 def test_rerun_of_a_finished_run_does_nothing(trained, caplog):
-    caplog.set_level(logging.INFO, logger="appliance.train")
+    caplog.set_level(logging.INFO, logger="appliance.ml.train")
     before = trained["out"].read_bytes()
     started = time.monotonic()
     assert run_train(*trained["argv"]) == 0
@@ -246,3 +258,73 @@ def test_other_settings_do_not_resume_a_checkpoint(trained, capsys):
     assert run_train(*argv) == 2
     err = capsys.readouterr().err
     assert "other settings (epochs differ)" in err and "--fresh" in err
+
+
+def test_go_no_go_stops_a_run_that_is_not_on_track(data, tmp_path, capsys):
+    out = tmp_path / "resnet50.keras"
+    # No 16-image model scores 100% on the probe after one epoch: the run stops there.
+    rc = run_train("--data", str(data), "--out", str(out), *ARGS, "--go-no-go", "1:1.0")
+    assert rc == train.EXIT_NO_GO
+    err = capsys.readouterr().err
+    assert "go/no-go after epoch 1: the probe scored" in err and "under 100.0%" in err
+    assert not out.exists()
+    state = checkpoints.read_state(checkpoints.checkpoint_dir(out))
+    assert state["epoch"] == 1 and state["checkpoint"] == "epoch-0001.keras"
+    assert "finished" not in state
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("3", "expected EPOCH:ACCURACY"), ("0:0.5", "at least 1"), ("2:1.5", "in (0, 1]")],
+)
+def test_a_bad_go_no_go_says_what_is_wrong(value, message, capsys):
+    with pytest.raises(SystemExit):
+        run_train("--go-no-go", value)
+    assert message in capsys.readouterr().err
+
+
+def test_init_from_starts_at_the_artifacts_weights(trained, data, tmp_path):
+    out = tmp_path / "more.keras"
+    # A rate too small to move a weight: what comes out is what went in (BatchNorm's moving
+    # statistics aside, which follow the data whatever the rate).
+    argv = ["--data", str(data), "--out", str(out), *ARGS, "--epochs", "1", "--lr", "1e-12"]
+    assert run_train(*argv, "--init-from", str(trained["out"])) == 0
+    source, more = model.load(trained["out"]), model.load(out)
+    kernels = [w.name for w in more.model.weights if "kernel" in w.name]
+    assert kernels
+    source_weights = {w.path: np.asarray(w) for w in source.model.weights}
+    for weight in more.model.weights:
+        if "kernel" in weight.name:
+            np.testing.assert_allclose(np.asarray(weight), source_weights[weight.path], atol=1e-6)
+    meta = more.metadata.extra
+    assert meta["init_from"]["model_id"] == source.metadata.model_id
+    assert meta["total_epochs"] == 4 and meta["epochs"] == 1
+    assert meta["recipe"]["init_sha256"] == model.sha256_file(trained["out"])
+
+
+def test_init_from_refuses_another_network(trained, data, tmp_path, capsys):
+    out = tmp_path / "other.keras"
+    argv = ["--data", str(data), "--out", str(out), *ARGS, "--input-size", "48"]
+    assert run_train(*argv, "--init-from", str(trained["out"])) == 2
+    assert "a stock stem at 32px, but this run trains a stock stem at 48px" in (
+        capsys.readouterr().err
+    )
+
+
+def test_linear_schedule_warms_up_then_falls_to_zero():
+    from appliance.ml.keras_schedules import WarmupLinear
+
+    rate = WarmupLinear(peak=0.1, warmup=10, total=110)
+    values = {step: float(rate(step)) for step in (0, 5, 10, 60, 110, 200)}
+    assert values[0] == pytest.approx(0.004) and values[10] == pytest.approx(0.1)
+    assert values[5] == pytest.approx(0.052) and values[60] == pytest.approx(0.05)
+    assert values[110] == 0.0 and values[200] == 0.0
+
+
+def test_a_checkpoint_from_before_a_recipe_field_still_resumes(data):
+    r = recipe(data)
+    saved = dataclasses.asdict(r)
+    del saved["schedule"], saved["init_sha256"]  # what a run recorded before those fields
+    assert checkpoints.recipe_differences({"recipe": saved}, r) == []
+    linear = dataclasses.replace(r, schedule="linear")
+    assert checkpoints.recipe_differences({"recipe": saved}, linear) == ["schedule"]

@@ -1,0 +1,37 @@
+"""What decides a training run's weights, and the one error a run reports to its user."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class TrainingError(ValueError):
+    """The run cannot start or continue as asked; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that decides the trained weights; a checkpoint resumes only the same recipe."""
+
+    stem: str
+    input_size: int
+    epochs: int
+    batch_size: int
+    peak_lr: float
+    warmup_epochs: float
+    momentum: float
+    weight_decay: float
+    label_smoothing: float
+    seed: int
+    limit: int | None
+    val_split: float
+    data_sha256: str
+    # After the warmup: "cosine" to zero, or "linear" to zero (the short-run schedule).
+    schedule: str = "cosine"
+    # sha256 of the artifact whose weights the run starts from (--init-from); "" from scratch.
+    init_sha256: str = ""
+
+    @property
+    def pad(self) -> int:
+        """The random-crop padding: 4 px at 32x32, scaled with the input size."""
+        return max(1, round(4 * self.input_size / 32))
