@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
+
+# The one SASL mechanism the brokers enable (Kafka keeps SCRAM credentials in its metadata log).
+KAFKA_SASL_MECHANISM = "SCRAM-SHA-512"
 
 
 class ConfigError(ValueError):
@@ -17,6 +20,12 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class Settings:
     kafka_bootstrap_servers: str = "localhost:9092"
+    # PLAINTEXT, or SASL_SSL: SCRAM-SHA-512 with this user and password, over TLS verified
+    # against this CA file (PEM) and the broker's host name.
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_username: str = ""
+    kafka_password: str = field(default="", repr=False)
+    kafka_ca_file: str = ""
     mongodb_uri: str = "mongodb://localhost:27017"
     mongodb_database: str = "iot"
     mongodb_collection: str = "images"
@@ -46,6 +55,33 @@ class Settings:
             group_inference=f"{prefix}inference-{tag}",
             mongodb_collection=f"{prefix.replace('-', '_')}images_{tag}",
         )
+
+    def kafka_options(self) -> dict[str, object]:
+        """What every Kafka client of the pipeline passes on top of its own options."""
+        options: dict[str, object] = {"bootstrap_servers": self.kafka_bootstrap_servers}
+        protocol = self.kafka_security_protocol.upper()
+        if protocol == "PLAINTEXT":
+            return options
+        if protocol != "SASL_SSL":
+            raise ConfigError(
+                f"KAFKA_SECURITY_PROTOCOL must be PLAINTEXT or SASL_SSL, got {protocol!r}"
+            )
+        missing = [
+            name.upper()
+            for name in ("kafka_username", "kafka_password", "kafka_ca_file")
+            if not getattr(self, name)
+        ]
+        if missing:
+            raise ConfigError(f"KAFKA_SECURITY_PROTOCOL=SASL_SSL needs {', '.join(missing)}")
+        return {
+            **options,
+            "security_protocol": "SASL_SSL",
+            "sasl_mechanism": KAFKA_SASL_MECHANISM,
+            "sasl_plain_username": self.kafka_username,
+            "sasl_plain_password": self.kafka_password,
+            "ssl_cafile": self.kafka_ca_file,
+            "ssl_check_hostname": True,
+        }
 
     def to_env(self) -> dict[str, str]:
         """The settings as the environment variables :meth:`from_env` reads."""

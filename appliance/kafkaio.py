@@ -31,7 +31,7 @@ DLQ_CONSUMER = "dlq.consumer"
 def make_producer(settings: Settings, **overrides: object) -> KafkaProducer:
     """An idempotent producer waiting for all in-sync replicas: no loss, no broker duplicates."""
     config: dict[str, object] = {
-        "bootstrap_servers": settings.kafka_bootstrap_servers,
+        **settings.kafka_options(),
         "acks": "all",
         "enable_idempotence": True,
         "linger_ms": 5,
@@ -55,7 +55,7 @@ def make_consumer(
     """A consumer that commits by hand, only after its work is durable (at-least-once)."""
     return KafkaConsumer(
         *topics,
-        bootstrap_servers=settings.kafka_bootstrap_servers,
+        **settings.kafka_options(),
         group_id=group_id,
         client_id=group_id,
         enable_auto_commit=False,
@@ -70,9 +70,7 @@ def make_consumer(
 def ensure_topics(settings: Settings, topics: Iterable[str] | None = None) -> None:
     """Create the pipeline's topics if missing; an existing topic is left as it is."""
     names = list(topics or (settings.topic_images, settings.topic_predictions, settings.topic_dlq))
-    admin = KafkaAdminClient(
-        bootstrap_servers=settings.kafka_bootstrap_servers, client_id="appliance-admin"
-    )
+    admin = KafkaAdminClient(**settings.kafka_options(), client_id="appliance-admin")
     try:
         existing = set(admin.list_topics())
         missing = [n for n in names if n not in existing]

@@ -122,11 +122,7 @@ def run(args: argparse.Namespace) -> int:
     started_services = not external and not devservices.is_running()
     if not external:
         endpoints = devservices.up()
-        settings = replace(
-            settings,
-            kafka_bootstrap_servers=endpoints.kafka_bootstrap_servers,
-            mongodb_uri=endpoints.mongodb_uri,
-        )
+        settings = endpoints.settings(settings)
     model_path = ensure_model(args.model)
     server = ServerProcess(model_path, args.work_dir / "server.log", port=args.port)
     settings = replace(settings, inference_url=server.url)

@@ -80,13 +80,9 @@ def _kafka_counts(settings: Settings, counts: Counts) -> None:
     from kafka.structs import TopicPartition
 
     consumer = KafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        client_id="appliance-stack-counts",
-        enable_auto_commit=False,
+        **settings.kafka_options(), client_id="appliance-stack-counts", enable_auto_commit=False
     )
-    admin = KafkaAdminClient(
-        bootstrap_servers=settings.kafka_bootstrap_servers, client_id="appliance-stack-counts"
-    )
+    admin = KafkaAdminClient(**settings.kafka_options(), client_id="appliance-stack-counts")
     try:
         ends: dict[TopicPartition, int] = {}
         starts: dict[TopicPartition, int] = {}

@@ -250,7 +250,7 @@ def _delete_topics(settings: Settings) -> None:
     from kafka.admin import KafkaAdminClient
 
     with contextlib.suppress(Exception):  # a left-over topic is harmless; a failed bench is not
-        admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+        admin = KafkaAdminClient(**settings.kafka_options())
         admin.delete_topics([settings.topic_images, settings.topic_predictions, settings.topic_dlq])
         admin.close()
 
@@ -273,11 +273,7 @@ def run(args: argparse.Namespace) -> int:
     settings = Settings.from_env().own_names(tag, prefix="bench-")
     started_services = not devservices.is_running()
     endpoints = devservices.up()
-    settings = replace(
-        settings,
-        kafka_bootstrap_servers=endpoints.kafka_bootstrap_servers,
-        mongodb_uri=endpoints.mongodb_uri,
-    )
+    settings = endpoints.settings(settings)
     work = args.out / f"pipeline-{tag}"
     work.mkdir(parents=True, exist_ok=True)
     model_path = pipeline.ensure_model(args.model or pipeline.DEFAULT_MODEL)

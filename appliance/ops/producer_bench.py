@@ -10,14 +10,18 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from appliance import datasets
+from appliance.cloud.credentials import write_private
 from appliance.config import Settings
 from appliance.contract import encode_image_message
+from appliance.ops.services.kafka import java_client_properties
 
 TARGET = 0.30  # the cameras' producer / kafka-producer-perf-test
 PERF_TEST = "org.apache.kafka.tools.ProducerPerformance"
@@ -37,16 +41,20 @@ def record_size(samples: list[datasets.Sample]) -> int:
     return round(sum(sizes) / len(sizes))
 
 
-def perf_test(classpath: str, bootstrap: str, topic: str, records: int, size: int) -> float:
-    """kafka-producer-perf-test's records/s, with the cameras' producer settings."""
+def perf_test(classpath: str, settings: Settings, topic: str, records: int, size: int) -> float:
+    """kafka-producer-perf-test's records/s, with the cameras' producer settings and login."""
     java = shutil.which("java")
     if java is None:
         raise RuntimeError("java not found on PATH (Kafka's tools are Java)")
-    command = [java, "-cp", classpath, PERF_TEST, "--topic", topic, "--num-records", str(records),
-               "--record-size", str(size), "--throughput", "-1", "--producer-props",
-               f"bootstrap.servers={bootstrap}", "acks=all", "enable.idempotence=true",
-               "linger.ms=5"]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, timeout=1800, check=False)
+    with tempfile.TemporaryDirectory(prefix="appliance-perf-") as tmp:
+        login = Path(tmp) / "client.properties"  # the password: in a 0600 file, not in argv
+        write_private(login, java_client_properties(settings))
+        command = [java, "-cp", classpath, PERF_TEST, "--topic", topic, "--num-records",
+                   str(records), "--record-size", str(size), "--throughput", "-1",
+                   "--producer.config", str(login), "--producer-props",
+                   f"bootstrap.servers={settings.kafka_bootstrap_servers}", "acks=all",
+                   "enable.idempotence=true", "linger.ms=5"]  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True, timeout=1800, check=False)
     final = [m for m in FINAL.finditer(done.stdout)]
     if done.returncode != 0 or not final:
         raise RuntimeError(f"kafka-producer-perf-test failed:\n{done.stdout[-2000:]}{done.stderr}")
@@ -83,17 +91,13 @@ def run(args: argparse.Namespace) -> int:
     started = not devservices.is_running(config)
     endpoints = devservices.up(config)
     tag = uuid.uuid4().hex[:8]
-    bootstrap = endpoints.kafka_bootstrap_servers
-    settings = replace(
-        Settings.from_env(), kafka_bootstrap_servers=bootstrap, topic_images=f"bench-producer-{tag}"
-    )
+    settings = replace(endpoints.settings(), topic_images=f"bench-producer-{tag}")
     size = record_size(samples)
     try:
         print(
             f"kafka-producer-perf-test: {args.records} records of {size} bytes ...", file=sys.stderr
         )
-        tool = perf_test(classpath, endpoints.kafka_bootstrap_servers, f"bench-perf-{tag}",
-                         args.records, size)  # fmt: skip
+        tool = perf_test(classpath, settings, f"bench-perf-{tag}", args.records, size)
         print(f"the cameras' producer: {args.records} images ...", file=sys.stderr)
         ours = cameras_rate(settings, samples, args.records, args.cameras)
     finally:

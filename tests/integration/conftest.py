@@ -29,15 +29,13 @@ def services() -> Iterator[Settings]:
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     mongodb = os.environ.get("MONGODB_URI")
     if bootstrap and mongodb:
-        yield Settings(kafka_bootstrap_servers=bootstrap, mongodb_uri=mongodb)
+        yield Settings.from_env()  # with KAFKA_SECURITY_PROTOCOL and its login, if set
         return
     from appliance.ops import services as devservices
 
     was_running = devservices.is_running()
     endpoints = devservices.up()
-    yield Settings(
-        kafka_bootstrap_servers=endpoints.kafka_bootstrap_servers, mongodb_uri=endpoints.mongodb_uri
-    )
+    yield endpoints.settings(Settings())  # SASL_SSL with the stack's login and CA
     if not was_running:
         devservices.down()
 

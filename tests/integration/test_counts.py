@@ -42,7 +42,7 @@ def test_label_quality_per_model_counts_only_labelled_images_with_a_ground_truth
 def test_lag_counts_what_each_group_has_not_committed(settings):
     from kafka import KafkaConsumer, KafkaProducer
 
-    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers)
+    producer = KafkaProducer(**settings.kafka_options())
     for n in range(5):
         producer.send(settings.topic_images, f"image {n}".encode())
     producer.flush()
@@ -50,7 +50,7 @@ def test_lag_counts_what_each_group_has_not_committed(settings):
 
     consumer = KafkaConsumer(
         settings.topic_images,
-        bootstrap_servers=settings.kafka_bootstrap_servers,
+        **settings.kafka_options(),
         group_id=settings.group_inference,
         auto_offset_reset="earliest",
         enable_auto_commit=False,

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 
 
 def send_all(settings, topic: str, messages: list[tuple[str, bytes]]) -> None:
-    client = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
+    client = KafkaProducer(**settings.kafka_options(), acks="all")
     for key, value in messages:
         client.send(topic, key=key.encode(), value=value)
     client.flush()
@@ -82,7 +82,7 @@ def _lag_zero(settings) -> bool:
     from kafka import KafkaConsumer, TopicPartition
 
     consumer = KafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
+        **settings.kafka_options(),
         group_id=settings.group_db,
         enable_auto_commit=False,
     )

@@ -64,7 +64,7 @@ def fields(**overrides) -> bytes:
 def read_topic(settings, topic: str, expected: int, timeout: float = 30.0) -> list:
     consumer = KafkaConsumer(
         topic,
-        bootstrap_servers=settings.kafka_bootstrap_servers,
+        **settings.kafka_options(),
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         consumer_timeout_ms=3000,
@@ -87,7 +87,7 @@ def test_bad_messages_are_dead_lettered_once(
     inference = consumers("consume-inference", settings)
     bad = bad_messages()
     good = [encode_image_message(s.image, "camera-ok", s.label) for s in cifar_test_samples[:60]]
-    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
+    producer = KafkaProducer(**settings.kafka_options(), acks="all")
     bad_items = list(bad.items())
     for n, (key, value) in enumerate(good):
         producer.send(settings.topic_images, key=key.encode(), value=value)

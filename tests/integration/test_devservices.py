@@ -11,6 +11,7 @@ import io
 import os
 import shlex
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -21,8 +22,11 @@ from pathlib import Path
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
+from kafka.errors import KafkaError
 from pymongo import MongoClient, UpdateOne
 
+from appliance.cloud import pki
+from appliance.config import Settings
 from appliance.ops import services as ds
 from appliance.ops.services import lifecycle
 
@@ -51,11 +55,12 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    kafka, controller, mongodb = free_ports(3)
+    kafka, controller, mongodb, internal = free_ports(4)
     config = ds.ServicesConfig(
         kafka_port=kafka,
         kafka_controller_port=controller,
         mongodb_port=mongodb,
+        kafka_internal_port=internal,
         state_dir=tmp_path_factory.mktemp("services") / "state",
     )
     try:
@@ -78,6 +83,7 @@ def cli_env(config: ds.ServicesConfig) -> dict[str, str]:
         ds.ENV_KAFKA_PORT: str(config.kafka_port),
         ds.ENV_KAFKA_CONTROLLER_PORT: str(config.kafka_controller_port),
         ds.ENV_MONGODB_PORT: str(config.mongodb_port),
+        ds.ENV_KAFKA_INTERNAL_PORT: str(config.kafka_internal_port),
         ds.ENV_STATE_DIR: str(config.state_dir),
     }
 
@@ -147,9 +153,14 @@ def test_up_env_prints_exports_for_eval(stack: Stack) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
+    kafka_password = stack.config.kafka_password_file.read_text().strip()
     assert result.stdout.splitlines() == [
         f"export KAFKA_BOOTSTRAP_SERVERS={stack.endpoints.kafka_bootstrap_servers}",
         f"export MONGODB_URI={shlex.quote(stack.endpoints.mongodb_uri)}",
+        "export KAFKA_SECURITY_PROTOCOL=SASL_SSL",
+        "export KAFKA_USERNAME=appliance",
+        f"export KAFKA_PASSWORD={shlex.quote(kafka_password)}",
+        f"export KAFKA_CA_FILE={stack.config.ca_file}",
     ]
     # What the shell makes of it: the URI itself, password and all.
     shell = subprocess.run(
@@ -164,23 +175,29 @@ def test_another_stack_on_the_same_ports_fails_clearly(stack: Stack, tmp_path: P
         kafka_port=stack.config.kafka_port,
         kafka_controller_port=stack.config.kafka_controller_port,
         mongodb_port=stack.config.mongodb_port,
+        kafka_internal_port=stack.config.kafka_internal_port,
         state_dir=tmp_path / "other",
     )
     with pytest.raises(ds.ServiceError, match=rf"port {other.kafka_port} .* already in use"):
         ds.up(other, out=io.StringIO())
 
 
+def login(stack: Stack) -> dict[str, object]:
+    """The stack's clients' options: SASL_SSL, SCRAM-SHA-512, the stack's CA."""
+    return stack.endpoints.settings(Settings()).kafka_options()
+
+
 def test_kafka_round_trips_a_message(stack: Stack) -> None:
     topic = f"devservices-{uuid.uuid4().hex[:8]}"
-    bootstrap = stack.endpoints.kafka_bootstrap_servers
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    assert login(stack)["security_protocol"] == "SASL_SSL"
+    producer = KafkaProducer(**login(stack), acks="all")
     try:
         producer.send(topic, key=b"camera-00", value=b"hello").get(timeout=30)
     finally:
         producer.close()
     consumer = KafkaConsumer(
         topic,
-        bootstrap_servers=bootstrap,
+        **login(stack),
         group_id=f"{topic}-group",
         auto_offset_reset="earliest",
         consumer_timeout_ms=30_000,
@@ -190,6 +207,91 @@ def test_kafka_round_trips_a_message(stack: Stack) -> None:
     finally:
         consumer.close()
     assert (received.key, received.value) == (b"camera-00", b"hello")
+
+
+# What a refused client ends with: Kafka's errors, and the TLS handshake's own (kafka-python lets a
+# certificate that fails verification out as ssl.SSLCertVerificationError).
+REFUSALS = (KafkaError, ssl.SSLError)
+
+
+def produced(options: dict[str, object], topic: str) -> str | None:
+    """None when a message sent with ``options`` was acknowledged; otherwise the error."""
+    try:
+        producer = KafkaProducer(
+            **options, acks="all", max_block_ms=10_000, api_version_auto_timeout_ms=5000
+        )
+    except REFUSALS as exc:
+        return f"{type(exc).__name__}: {exc}"
+    try:
+        producer.send(topic, key=b"camera-00", value=b"hello").get(timeout=15)
+        return None
+    except REFUSALS as exc:
+        return f"{type(exc).__name__}: {exc}"
+    finally:
+        producer.close(timeout=5)
+
+
+def consumed(options: dict[str, object], topic: str, seconds: float = 15) -> list[bytes] | str:
+    """The values read from ``topic`` with ``options`` within ``seconds``, or the error."""
+    try:
+        consumer = KafkaConsumer(
+            topic,
+            **options,
+            group_id=f"{topic}-{uuid.uuid4().hex[:6]}",
+            auto_offset_reset="earliest",
+            api_version_auto_timeout_ms=5000,
+        )
+    except REFUSALS as exc:
+        return f"{type(exc).__name__}: {exc}"
+    values: list[bytes] = []
+    deadline = time.monotonic() + seconds
+    try:
+        while not values and time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=1000).values():
+                values += [r.value for r in records]
+        return values
+    except REFUSALS as exc:
+        return f"{type(exc).__name__}: {exc}"
+    finally:
+        consumer.close()
+
+
+def test_kafka_refuses_a_client_without_the_stacks_login(stack: Stack, tmp_path: Path) -> None:
+    """No credentials, a wrong password, or a CA other than the stack's: no produce, no consume."""
+    good = login(stack)
+    other_ca = tmp_path / "other-ca.pem"
+    other_ca.write_bytes(pki.new_authority("another deployment's CA").cert_pem)
+    cases = {
+        "no login": {"bootstrap_servers": good["bootstrap_servers"]},
+        "wrong password": {**good, "sasl_plain_password": "not-the-password"},
+        "untrusted CA": {**good, "ssl_cafile": str(other_ca)},
+    }
+    topic = f"devservices-{uuid.uuid4().hex[:8]}"
+    assert produced(good, topic) is None  # a message is there to be read, by the right login
+    outcomes = {}
+    for name, options in cases.items():
+        sent, read = produced(options, topic), consumed(options, topic)
+        outcomes[name] = (sent, read)
+        assert sent is not None, f"{name}: a message was acknowledged"
+        assert isinstance(read, str) or read == [], f"{name}: read {read}"
+    print(outcomes)
+    # In the same time the right login reads it: the refusals are the login's doing.
+    assert consumed(good, topic) == [b"hello"]
+
+
+def test_secrets_and_keys_are_the_owners_only(stack: Stack) -> None:
+    config = stack.config
+    assert config.tls_dir.stat().st_mode & 0o777 == 0o700
+    for path in (config.kafka_password_file, config.password_file, config.ca_file,
+                 config.tls_dir / "ca.key", config.kafka_keystore):  # fmt: skip
+        assert path.stat().st_mode & 0o777 == 0o600, path
+    # The password never reached a command line: not in the broker's, not in the state file's.
+    password = config.kafka_password_file.read_text().strip()
+    for entry in ds.status(config):
+        assert password not in Path(f"/proc/{entry.pid}/cmdline").read_bytes().decode(
+            errors="ignore"
+        )
+    assert not (config.kafka_dir / "scram.properties").exists()
 
 
 def test_mongodb_upserts_with_set_and_min(stack: Stack) -> None:
@@ -284,8 +386,8 @@ def test_a_killed_service_is_started_again_on_its_data(stack: Stack) -> None:
     import signal
 
     topic = f"devservices-{uuid.uuid4().hex[:8]}"
-    bootstrap, uri = stack.endpoints.kafka_bootstrap_servers, stack.endpoints.mongodb_uri
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    uri = stack.endpoints.mongodb_uri
+    producer = KafkaProducer(**login(stack), acks="all")
     try:
         producer.send(topic, value=b"before the crash").get(timeout=30)
     finally:
@@ -312,7 +414,7 @@ def test_a_killed_service_is_started_again_on_its_data(stack: Stack) -> None:
     assert all(entry.pid != before[entry.name] for entry in after)
 
     consumer = KafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", consumer_timeout_ms=30_000
+        topic, **login(stack), auto_offset_reset="earliest", consumer_timeout_ms=30_000
     )
     try:
         assert next(iter(consumer)).value == b"before the crash"
@@ -335,7 +437,9 @@ def test_down_stops_everything_removes_the_data_and_frees_the_ports(stack: Stack
         assert pid is not None
         assert not ds.process_alive(pid, "kafka.Kafka" if name == "kafka" else "ferretdb"), name
     config = stack.config
-    for port in (config.kafka_port, config.kafka_controller_port, config.mongodb_port):
+    ports = (config.kafka_port, config.kafka_controller_port, config.mongodb_port,
+             config.kafka_internal_port)  # fmt: skip
+    for port in ports:
         assert ds.port_free(port), port
     assert ds.status(config) == []
     assert not ds.is_running(config)
@@ -344,11 +448,12 @@ def test_down_stops_everything_removes_the_data_and_frees_the_ports(stack: Stack
 def test_a_service_that_never_gets_healthy_fails_with_its_log_and_is_stopped(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    kafka, controller, mongodb = free_ports(3)
+    kafka, controller, mongodb, internal = free_ports(4)
     config = ds.ServicesConfig(
         kafka_port=kafka,
         kafka_controller_port=controller,
         mongodb_port=mongodb,
+        kafka_internal_port=internal,
         state_dir=tmp_path / "state",
     )
     monkeypatch.setattr(lifecycle, "kafka_problem", lambda *_args, **_kwargs: "pretend it is down")

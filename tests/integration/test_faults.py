@@ -307,7 +307,7 @@ def test_cameras_send_again_after_an_outage_longer_than_the_delivery_timeout(
     assert counts.failed > 0, "no send expired: the outage was too short to test anything"
     assert counts.acknowledged + counts.failed == counts.sent, counts
 
-    reader = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers)
+    reader = KafkaConsumer(**settings.kafka_options())
     try:
         parts = [TopicPartition(settings.topic_images, p)
                  for p in reader.partitions_for_topic(settings.topic_images)]  # fmt: skip

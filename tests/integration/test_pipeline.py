@@ -148,7 +148,7 @@ def test_a_message_over_the_brokers_limit_fails_at_once_with_the_reason(settings
 
     from appliance.datasets import Sample
 
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    admin = KafkaAdminClient(**settings.kafka_options())
     admin.create_topics([NewTopic(settings.topic_images, 1, 1,
                                   topic_configs={"max.message.bytes": "100000"})])  # fmt: skip
     admin.close()

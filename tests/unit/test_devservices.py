@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.config import ConfigError
+from appliance.config import ConfigError, Settings
 from appliance.ops import services as ds
 
 
@@ -38,9 +38,10 @@ def properties(text: str) -> dict[str, str]:
 def test_defaults_are_the_documented_ports_and_directory() -> None:
     cfg = ds.ServicesConfig.from_env({})
     assert (cfg.kafka_port, cfg.kafka_controller_port, cfg.mongodb_port) == (9092, 9093, 27017)
+    assert cfg.kafka_internal_port == 9094
     assert cfg.state_dir == Path("/tmp/appliance-services")
     assert cfg.cache_dir == Path.home() / ".cache" / "appliance"
-    # Before any `up` (no password made yet), the URI has no credentials.
+    # Before any `up` (no passwords made yet), no credentials and no Kafka login.
     env = replace(cfg, state_dir=Path("/nonexistent/appliance-services")).endpoints.env()
     assert env == {
         "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9092",
@@ -54,11 +55,13 @@ def test_environment_overrides_ports_and_directories() -> None:
             "APPLIANCE_KAFKA_PORT": "19092",
             "APPLIANCE_KAFKA_CONTROLLER_PORT": "19093",
             "APPLIANCE_MONGODB_PORT": "27018",
+            "APPLIANCE_KAFKA_INTERNAL_PORT": "19094",
             "APPLIANCE_SERVICES_DIR": "/tmp/elsewhere",
             "XDG_CACHE_HOME": "/var/cache/me",
         }
     )
     assert (cfg.kafka_port, cfg.kafka_controller_port, cfg.mongodb_port) == (19092, 19093, 27018)
+    assert cfg.kafka_internal_port == 19094
     assert cfg.state_dir == Path("/tmp/elsewhere")
     assert cfg.cache_dir == Path("/var/cache/me/appliance")
     assert cfg.endpoints.kafka_bootstrap_servers == "127.0.0.1:19092"
@@ -96,14 +99,32 @@ def test_the_mongodb_password_joins_the_uri_and_is_masked_when_printed(tmp_path:
     assert "s3cret-pw" in cfg.endpoints.env_lines(export=True)[1]
 
 
+def test_the_kafka_password_brings_sasl_ssl_and_is_masked_when_printed(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    cfg.kafka_password_file.parent.mkdir(parents=True)
+    cfg.kafka_password_file.write_text("k4fka-pw\n")
+    env = cfg.endpoints.env()
+    assert env["KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+    assert (env["KAFKA_USERNAME"], env["KAFKA_PASSWORD"]) == ("appliance", "k4fka-pw")
+    assert env["KAFKA_CA_FILE"] == str(cfg.ca_file)
+    assert "k4fka" not in "\n".join(cfg.endpoints.env_lines(reveal=False))
+    assert "k4fka" not in repr(cfg.endpoints)
+    options = cfg.endpoints.settings(Settings()).kafka_options()
+    assert options["security_protocol"] == "SASL_SSL"
+    assert options["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert options["ssl_check_hostname"] is True
+
+
 # --- rendering -----------------------------------------------------------------------------------
 
 
 def test_cluster_id_is_16_random_bytes_url_safe_without_padding() -> None:
-    ids = {ds.new_cluster_id() for _ in range(50)}
-    assert len(ids) == 50
+    # 2,000 draws: with 1 in 64 starting with "-", one would slip through all but surely.
+    ids = {ds.new_cluster_id() for _ in range(2000)}
+    assert len(ids) == 2000
     for cluster_id in ids:
-        assert re.fullmatch(r"[A-Za-z0-9_-]{22}", cluster_id)
+        # kafka-storage's parser would read a leading "-" as an option ("expected one argument").
+        assert re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_-]{21}", cluster_id)
         assert len(base64.urlsafe_b64decode(cluster_id + "==")) == 16
 
 
@@ -112,8 +133,18 @@ def test_server_properties_single_node_kraft_on_loopback(tmp_path: Path) -> None
     props = properties(ds.render_server_properties(cfg))
     assert props["process.roles"] == "broker,controller"
     assert props["controller.quorum.voters"] == f"{props['node.id']}@127.0.0.1:19093"
-    assert props["listeners"] == "PLAINTEXT://127.0.0.1:19092,CONTROLLER://127.0.0.1:19093"
-    assert props["advertised.listeners"] == "PLAINTEXT://127.0.0.1:19092"
+    # Clients get SASL_SSL only; PLAINTEXT is the broker's own, on loopback.
+    assert props["listeners"] == (
+        "SASL_SSL://127.0.0.1:19092,INTERNAL://127.0.0.1:9094,CONTROLLER://127.0.0.1:19093"
+    )
+    assert props["advertised.listeners"] == "SASL_SSL://127.0.0.1:19092,INTERNAL://127.0.0.1:9094"
+    assert props["listener.security.protocol.map"] == (
+        "CONTROLLER:PLAINTEXT,INTERNAL:PLAINTEXT,SASL_SSL:SASL_SSL"
+    )
+    assert props["inter.broker.listener.name"] == "INTERNAL"
+    assert props["sasl.enabled.mechanisms"] == "SCRAM-SHA-512"
+    assert props["ssl.keystore.type"] == "PEM"
+    assert props["ssl.keystore.location"] == str(cfg.kafka_keystore)
     assert props["controller.listener.names"] == "CONTROLLER"
     assert props["log.dirs"] == str(tmp_path / "state" / "kafka" / "data")
     for key in (

@@ -7,10 +7,10 @@ import os
 import re
 import shlex
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from appliance.config import ConfigError
+from appliance.config import ConfigError, Settings
 
 # Versions: the one place to change them. The Kafka version matches the `kafka` image (DESIGN.md).
 KAFKA_VERSION = "3.8.0"
@@ -27,6 +27,9 @@ HOST = "127.0.0.1"
 KAFKA_MESSAGE_MAX_BYTES = 16 * 1024 * 1024
 DEFAULT_KAFKA_PORT = 9092
 DEFAULT_KAFKA_CONTROLLER_PORT = 9093
+# The broker's own PLAINTEXT listener, loopback only: between broker and itself, and where `up`
+# adds the clients' SCRAM user (a SASL listener needs one before anybody can log in).
+DEFAULT_KAFKA_INTERNAL_PORT = 9094
 DEFAULT_MONGODB_PORT = 27017
 DEFAULT_STATE_DIR = Path("/tmp/appliance-services")
 DEFAULT_UP_TIMEOUT_S = 180.0
@@ -37,6 +40,7 @@ LOG_TAIL_LINES = 25
 
 ENV_KAFKA_PORT = "APPLIANCE_KAFKA_PORT"
 ENV_KAFKA_CONTROLLER_PORT = "APPLIANCE_KAFKA_CONTROLLER_PORT"
+ENV_KAFKA_INTERNAL_PORT = "APPLIANCE_KAFKA_INTERNAL_PORT"
 ENV_MONGODB_PORT = "APPLIANCE_MONGODB_PORT"
 ENV_STATE_DIR = "APPLIANCE_SERVICES_DIR"
 
@@ -75,6 +79,8 @@ def _port_from_env(env: Mapping[str, str], name: str, default: int) -> int:
 # FerretDB authenticates this one user (SCRAM-SHA-256); its password is the stack's own.
 MONGODB_USER = "appliance"
 MONGODB_AUTH_DB = "admin"
+# Kafka's clients log in as this user (SCRAM-SHA-512) over TLS; its password is the stack's own.
+KAFKA_USER = "appliance"
 
 
 @dataclass(frozen=True)
@@ -82,15 +88,19 @@ class ServicesConfig:
     kafka_port: int = DEFAULT_KAFKA_PORT
     kafka_controller_port: int = DEFAULT_KAFKA_CONTROLLER_PORT
     mongodb_port: int = DEFAULT_MONGODB_PORT
+    kafka_internal_port: int = DEFAULT_KAFKA_INTERNAL_PORT
     state_dir: Path = DEFAULT_STATE_DIR
     cache_dir: Path = field(default_factory=default_cache_dir)
 
     def __post_init__(self) -> None:
-        ports = [self.kafka_port, self.kafka_controller_port, self.mongodb_port]
+        ports = [
+            self.kafka_port, self.kafka_controller_port, self.mongodb_port, self.kafka_internal_port
+        ]  # fmt: skip
         if len(set(ports)) != len(ports):
             raise ConfigError(
-                f"the Kafka, Kafka controller and MongoDB ports must differ, got {ports} "
-                f"({ENV_KAFKA_PORT}, {ENV_KAFKA_CONTROLLER_PORT}, {ENV_MONGODB_PORT})"
+                f"the Kafka, Kafka controller, MongoDB and Kafka internal ports must differ, got "
+                f"{ports} ({ENV_KAFKA_PORT}, {ENV_KAFKA_CONTROLLER_PORT}, {ENV_MONGODB_PORT}, "
+                f"{ENV_KAFKA_INTERNAL_PORT})"
             )
 
     @classmethod
@@ -102,6 +112,9 @@ class ServicesConfig:
                 env, ENV_KAFKA_CONTROLLER_PORT, DEFAULT_KAFKA_CONTROLLER_PORT
             ),
             mongodb_port=_port_from_env(env, ENV_MONGODB_PORT, DEFAULT_MONGODB_PORT),
+            kafka_internal_port=_port_from_env(
+                env, ENV_KAFKA_INTERNAL_PORT, DEFAULT_KAFKA_INTERNAL_PORT
+            ),
             state_dir=Path(env.get(ENV_STATE_DIR) or DEFAULT_STATE_DIR),
             cache_dir=default_cache_dir(env),
         )
@@ -124,6 +137,28 @@ class ServicesConfig:
         return self.mongodb_dir / "password"
 
     @property
+    def kafka_password_file(self) -> Path:
+        """The Kafka clients' SCRAM password, made at the first `up` (mode 0600)."""
+        return self.kafka_dir / "password"
+
+    @property
+    def tls_dir(self) -> Path:
+        """The stack's CA (ca.pem, ca.key) and the broker's keystore (kafka.pem), all 0600."""
+        return self.state_dir / "tls"
+
+    @property
+    def ca_file(self) -> Path:
+        return self.tls_dir / "ca.pem"
+
+    @property
+    def kafka_keystore(self) -> Path:
+        return self.tls_dir / "kafka.pem"
+
+    @property
+    def kafka_internal_address(self) -> str:
+        return f"{HOST}:{self.kafka_internal_port}"
+
+    @property
     def endpoints(self) -> Endpoints:
         address = f"{HOST}:{self.mongodb_port}"
         try:
@@ -132,7 +167,16 @@ class ServicesConfig:
             uri = f"mongodb://{address}"
         else:
             uri = f"mongodb://{MONGODB_USER}:{password}@{address}/?authSource={MONGODB_AUTH_DB}"
-        return Endpoints(kafka_bootstrap_servers=f"{HOST}:{self.kafka_port}", mongodb_uri=uri)
+        try:
+            kafka_password = self.kafka_password_file.read_text().strip()
+        except FileNotFoundError:  # not started yet
+            kafka_password = ""
+        return Endpoints(
+            kafka_bootstrap_servers=f"{HOST}:{self.kafka_port}",
+            mongodb_uri=uri,
+            kafka_password=kafka_password,
+            kafka_ca_file=str(self.ca_file) if kafka_password else "",
+        )
 
 
 @dataclass(frozen=True)
@@ -141,19 +185,36 @@ class Endpoints:
 
     kafka_bootstrap_servers: str
     mongodb_uri: str
+    # SASL_SSL (SCRAM-SHA-512 as KAFKA_USER, the stack's CA) when set; PLAINTEXT when empty.
+    kafka_password: str = field(default="", repr=False)
+    kafka_ca_file: str = ""
 
     def env(self) -> dict[str, str]:
-        return {
+        env = {
             "KAFKA_BOOTSTRAP_SERVERS": self.kafka_bootstrap_servers,
             "MONGODB_URI": self.mongodb_uri,
         }
+        if self.kafka_password:
+            env |= {
+                "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+                "KAFKA_USERNAME": KAFKA_USER,
+                "KAFKA_PASSWORD": self.kafka_password,
+                "KAFKA_CA_FILE": self.kafka_ca_file,
+            }
+        return env
+
+    def settings(self, base: Settings | None = None) -> Settings:
+        """``base`` (default: from the environment) pointed at these services, logins included."""
+        return replace(base or Settings.from_env(), **{k.lower(): v for k, v in self.env().items()})
 
     def env_lines(self, export: bool = False, reveal: bool = True) -> list[str]:
-        """`NAME=value` lines; without ``reveal`` the MongoDB password reads as `****`."""
+        """`NAME=value` lines; without ``reveal`` the passwords read as `****`."""
         prefix = "export " if export else ""
         env = self.env()
         if not reveal:
             env["MONGODB_URI"] = re.sub(r"(://[^:/@]+:)[^@]+@", r"\1****@", env["MONGODB_URI"])
+            if "KAFKA_PASSWORD" in env:
+                env["KAFKA_PASSWORD"] = "****"
         return [f"{prefix}{name}={shlex.quote(value)}" for name, value in env.items()]
 
 

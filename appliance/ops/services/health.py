@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,12 +70,21 @@ def mongodb_problem(uri: str, timeout_s: float = 2.0) -> str | None:
         client.close()
 
 
-def kafka_problem(bootstrap: str, timeout_s: float = 5.0, create_topic: bool = False) -> str | None:
-    """None when the broker answers a metadata request (and can create and list a topic)."""
+def kafka_problem(
+    bootstrap: str,
+    timeout_s: float = 5.0,
+    create_topic: bool = False,
+    login: Mapping[str, object] | None = None,
+) -> str | None:
+    """None when the broker answers a metadata request (and can create and list a topic).
+
+    ``login``: the client's security options (:meth:`Settings.kafka_options`), for a listener
+    that wants SASL_SSL.
+    """
     timeout_ms = int(timeout_s * 1000)
     try:
         admin = KafkaAdminClient(
-            bootstrap_servers=bootstrap,
+            **{**(login or {}), "bootstrap_servers": bootstrap},
             client_id="appliance-services-health",
             request_timeout_ms=timeout_ms,
             api_version_auto_timeout_ms=timeout_ms,

@@ -10,6 +10,8 @@ import subprocess
 from pathlib import Path
 from typing import TextIO
 
+from appliance.cloud.credentials import write_private
+from appliance.config import KAFKA_SASL_MECHANISM, Settings
 from appliance.ops.services.config import (
     FETCHED_MARKER,
     HOST,
@@ -25,8 +27,15 @@ from appliance.ops.services.tools import MAVEN, _cache_lock, find_tool, run_step
 
 
 def new_cluster_id() -> str:
-    """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding (as kafka-storage)."""
-    return base64.urlsafe_b64encode(secrets.token_bytes(16)).rstrip(b"=").decode("ascii")
+    """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding (as kafka-storage).
+
+    Never one that starts with "-" (1 in 64 would): kafka-storage's argument parser takes it for
+    an option and fails, as Kafka's own Uuid.randomUuid() also avoids.
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(secrets.token_bytes(16)).rstrip(b"=").decode()
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def render_pom() -> str:
@@ -66,16 +75,31 @@ def render_pom() -> str:
 
 def render_server_properties(config: ServicesConfig) -> str:
     port, controller = config.kafka_port, config.kafka_controller_port
+    internal = config.kafka_internal_port
     settings = {
         # One JVM is both broker and the only controller (KRaft combined mode).
         "process.roles": "broker,controller",
         "node.id": "1",
         "controller.quorum.voters": f"1@{HOST}:{controller}",
-        "listeners": f"PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{controller}",
-        "advertised.listeners": f"PLAINTEXT://{HOST}:{port}",
-        "inter.broker.listener.name": "PLAINTEXT",
+        # Clients: SASL_SSL only. The broker's own traffic and the SCRAM bootstrap: INTERNAL,
+        # PLAINTEXT on loopback (as on the kafka VM, where nothing else listens on loopback).
+        "listeners": (
+            f"SASL_SSL://{HOST}:{port},INTERNAL://{HOST}:{internal},CONTROLLER://{HOST}:{controller}"
+        ),
+        "advertised.listeners": f"SASL_SSL://{HOST}:{port},INTERNAL://{HOST}:{internal}",
+        "inter.broker.listener.name": "INTERNAL",
         "controller.listener.names": "CONTROLLER",
-        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        "listener.security.protocol.map": (
+            "CONTROLLER:PLAINTEXT,INTERNAL:PLAINTEXT,SASL_SSL:SASL_SSL"
+        ),
+        "sasl.enabled.mechanisms": KAFKA_SASL_MECHANISM,
+        "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": (
+            "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+        ),
+        # The key, the certificate and the CA's in one PEM file (appliance.cloud.pki).
+        "ssl.keystore.type": "PEM",
+        "ssl.keystore.location": str(config.kafka_keystore),
+        "ssl.client.auth": "none",
         "log.dirs": str(config.kafka_dir / "data"),
         "num.partitions": "3",
         # A single broker cannot hold more than one replica of anything.
@@ -131,6 +155,52 @@ def kafka_java_command(java: str, libs: Path, config: ServicesConfig, main: str)
         f"{libs}/*",
         main,
     ]
+
+
+def java_client_properties(settings: Settings) -> str:
+    """The same login as :meth:`Settings.kafka_options`, for Kafka's Java tools (perf test)."""
+    options = settings.kafka_options()
+    if options.get("security_protocol") != "SASL_SSL":
+        return "security.protocol=PLAINTEXT\n"
+    jaas = (
+        "org.apache.kafka.common.security.scram.ScramLoginModule required "
+        f'username="{settings.kafka_username}" password="{settings.kafka_password}";'
+    )
+    return (
+        "security.protocol=SASL_SSL\n"
+        f"sasl.mechanism={KAFKA_SASL_MECHANISM}\n"
+        f"sasl.jaas.config={jaas}\n"
+        "ssl.truststore.type=PEM\n"
+        f"ssl.truststore.location={settings.kafka_ca_file}\n"
+    )
+
+
+def add_scram_user(java: str, libs: Path, config: ServicesConfig, user: str, password: str) -> None:
+    """Give ``user`` a SCRAM-SHA-512 login, through the broker's loopback INTERNAL listener.
+
+    Kafka's own ConfigCommand reads the password from a file (0600, removed after), so it never
+    shows in a command line.
+    """
+    secret = config.kafka_dir / "scram.properties"
+    # A properties file takes the value bare; only --add-config's own list syntax needs [...].
+    write_private(secret, f"{KAFKA_SASL_MECHANISM}=iterations=8192,password={password}\n")
+    command = [
+        *kafka_java_command(java, libs, config, "kafka.admin.ConfigCommand"),
+        "--bootstrap-server", config.kafka_internal_address,
+        "--alter", "--entity-type", "users", "--entity-name", user,
+        "--add-config-file", str(secret),
+    ]  # fmt: skip
+    try:
+        result = subprocess.run(
+            command, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120,
+            check=False,
+        )  # fmt: skip
+    finally:
+        secret.unlink(missing_ok=True)
+    if result.returncode != 0:
+        # ConfigCommand quotes the offending line, password and all: never pass that on.
+        output = (result.stdout + result.stderr).replace(password, "****").strip()[-2000:]
+        raise ServiceError(f"adding Kafka's SCRAM user {user} failed:\n{output}")
 
 
 def kafka_server_command(java: str, libs: Path, config: ServicesConfig) -> list[str]:

@@ -15,12 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from appliance.config import Settings
 from appliance.ops.services.config import (
     DEFAULT_STOP_TIMEOUT_S,
     DEFAULT_UP_TIMEOUT_S,
     ENV_STATE_DIR,
     FERRETDB_VERSION,
     HOST,
+    KAFKA_USER,
     KAFKA_VERSION,
     STATE_FILE,
     STATE_FORMAT,
@@ -38,6 +40,7 @@ from appliance.ops.services.health import (
 )
 from appliance.ops.services.kafka import (
     _format_kafka_storage,
+    add_scram_user,
     ensure_kafka_libs,
     kafka_libs_cached,
     kafka_server_command,
@@ -111,13 +114,18 @@ def _refuse_foreign_dir(config: ServicesConfig) -> None:
         )
 
 
-def _service_status(name: str, entry: Mapping[str, Any]) -> ServiceStatus:
+def kafka_login(config: ServicesConfig) -> dict[str, object]:
+    """The stack's Kafka clients' security options (SASL_SSL once `up` made the password)."""
+    return config.endpoints.settings(Settings()).kafka_options()
+
+
+def _service_status(config: ServicesConfig, name: str, entry: Mapping[str, Any]) -> ServiceStatus:
     pid, match, address = int(entry["pid"]), str(entry["match"]), str(entry["address"])
     if not process_alive(pid, match):
         return ServiceStatus(name, pid, address, running=False, healthy=False, detail="")
     with _quiet_client_logs():
         if name == "kafka":
-            reason = kafka_problem(address, timeout_s=3.0)
+            reason = kafka_problem(address, timeout_s=3.0, login=kafka_login(config))
         else:
             reason = mongodb_problem(f"mongodb://{address}", timeout_s=2.0)
     detail = str(entry.get("detail", "")) if reason is None else reason
@@ -141,7 +149,8 @@ def status(config: ServicesConfig | None = None) -> list[ServiceStatus]:
     state = read_state(config)
     if state is None:
         return []
-    return [_service_status(name, entry) for name, entry in state.get("services", {}).items()]
+    services = state.get("services", {})
+    return [_service_status(config, name, entry) for name, entry in services.items()]
 
 
 def is_running(config: ServicesConfig | None = None) -> bool:
@@ -198,8 +207,13 @@ def up(
         deadline = time.monotonic() + timeout_s
         endpoints = config.endpoints
         wait_healthy(mongodb, lambda: mongodb_problem(endpoints.mongodb_uri), deadline)
-        bootstrap = endpoints.kafka_bootstrap_servers
-        wait_healthy(kafka, lambda: kafka_problem(bootstrap, create_topic=True), deadline)
+        # The loopback listener first, then the clients' login, then the clients' listener.
+        wait_healthy(kafka, lambda: kafka_problem(config.kafka_internal_address), deadline)
+        add_scram_user(tools.java, libs, config, KAFKA_USER, endpoints.kafka_password)
+        bootstrap, login = endpoints.kafka_bootstrap_servers, kafka_login(config)
+        wait_healthy(
+            kafka, lambda: kafka_problem(bootstrap, create_topic=True, login=login), deadline
+        )
     except BaseException:
         # Free the ports but keep the logs for reading; the next `up` or `down` clears them.
         _stop_recorded(state, DEFAULT_STOP_TIMEOUT_S, out)
@@ -219,7 +233,7 @@ def _already_up(config: ServicesConfig, timeout_s: float, out: TextIO) -> bool:
     state = read_state(config)
     if state is None:
         return False
-    statuses = [_service_status(name, entry) for name, entry in state["services"].items()]
+    statuses = [_service_status(config, name, e) for name, e in state["services"].items()]
     if statuses and all(s.healthy for s in statuses):
         if state.get("endpoints") != config.endpoints.env():
             raise ServiceError(
@@ -278,7 +292,9 @@ def _restart_stopped(
                 mongo = _mongodb_command(config, tools, out)
                 started = _start_mongodb(config, mongo, state, out)
         if entry.name == "kafka":
-            waiting.append((started, lambda: kafka_problem(endpoints.kafka_bootstrap_servers)))
+            # The SCRAM user is in the broker's metadata log: the clients' login works again.
+            login, bootstrap = kafka_login(config), endpoints.kafka_bootstrap_servers
+            waiting.append((started, lambda b=bootstrap, lg=login: kafka_problem(b, login=lg)))
         else:
             waiting.append((started, lambda: mongodb_problem(endpoints.mongodb_uri)))
     deadline = time.monotonic() + timeout_s
@@ -309,22 +325,36 @@ def _mongodb_command(config: ServicesConfig, tools: Toolchain, out: TextIO) -> M
     return MongoCommand(ferretdb_command(binary, config), detail, True)
 
 
-def _ensure_password(config: ServicesConfig) -> None:
-    """The stack's MongoDB password: made once, readable by its owner only."""
-    if config.password_file.exists():
+def _ensure_password(path: Path) -> None:
+    """One of the stack's passwords: made once, readable by its owner only."""
+    if path.exists():
         return
-    fd = os.open(config.password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as out:
         out.write(secrets.token_urlsafe(24) + "\n")
+
+
+def _make_tls(config: ServicesConfig) -> None:
+    """The stack's own CA and the broker's certificate for 127.0.0.1 and localhost."""
+    from appliance.cloud import pki
+
+    config.tls_dir.mkdir(mode=0o700, exist_ok=True)
+    # A common name holds 64 characters at most: no state-dir path in it, the key tells CAs apart.
+    authority = pki.new_authority("appliance services CA")
+    pki.write_authority(config.tls_dir, authority)
+    server = pki.issue(authority, "kafka", [HOST, "localhost"])
+    pki.write_keystore(config.kafka_keystore, server, authority)
 
 
 def _prepare_state_dir(config: ServicesConfig) -> None:
     for directory in (config.kafka_dir / "data", config.mongodb_dir / "data"):
         directory.mkdir(parents=True, exist_ok=True)
-    # The data, and the state file with the MongoDB URI and its password: the owner's only.
+    # The data, the passwords, the keys and the state file with the URIs: the owner's only.
     config.state_dir.chmod(0o700)
     # Written first: from here on `down` recognises the directory as ours and may remove it.
     write_state(config, {"format": STATE_FORMAT, "services": {}})
+    _ensure_password(config.kafka_password_file)
+    _make_tls(config)
     kafka_log = config.kafka_dir / "kafka.log"
     (config.kafka_dir / "server.properties").write_text(render_server_properties(config))
     (config.kafka_dir / "log4j.properties").write_text(render_log4j_properties(kafka_log))
@@ -362,7 +392,7 @@ def _start_mongodb(
     log_path = config.mongodb_dir / "server.log"
     env = None
     if mongo.authenticated:
-        _ensure_password(config)
+        _ensure_password(config.password_file)
         env = ferretdb_env(config)
     pid = spawn_detached(mongo.command, log_path, config.mongodb_dir, env)
     match = mongo.command[0]

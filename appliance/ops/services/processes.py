@@ -15,6 +15,7 @@ from pathlib import Path
 from appliance.ops.services.config import (
     DEFAULT_STOP_TIMEOUT_S,
     ENV_KAFKA_CONTROLLER_PORT,
+    ENV_KAFKA_INTERNAL_PORT,
     ENV_KAFKA_PORT,
     ENV_MONGODB_PORT,
     HOST,
@@ -105,6 +106,7 @@ def check_ports_free(config: ServicesConfig) -> None:
         ("Kafka", config.kafka_port, ENV_KAFKA_PORT),
         ("Kafka controller", config.kafka_controller_port, ENV_KAFKA_CONTROLLER_PORT),
         ("MongoDB", config.mongodb_port, ENV_MONGODB_PORT),
+        ("Kafka's internal listener", config.kafka_internal_port, ENV_KAFKA_INTERNAL_PORT),
     ]
     for label, port, env_name in wanted:
         if not port_free(port):
