@@ -14,6 +14,7 @@ import base64
 import logging
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import requests
 from kafka.consumer.fetcher import ConsumerRecord
@@ -47,6 +48,15 @@ class Stats:
     requests: int = 0
 
 
+class Item(NamedTuple):
+    """One image to label: its record (committed after), id, base64 file and true class if sent."""
+
+    record: ConsumerRecord
+    image_id: str
+    image_b64: str
+    ground_truth: str | None = None
+
+
 class InferenceClient:
     """POSTs to ``/predict/batch``; separates bad input (4xx) from an unavailable server."""
 
@@ -55,10 +65,19 @@ class InferenceClient:
         self.timeout = timeout
         self.session = requests.Session()
 
-    def predict(self, images: list[str]) -> list[dict] | tuple[int | None, str]:
-        """Predictions, or (index of the rejected image or None, server's reason) for a 4xx."""
+    def predict(
+        self, images: list[str], ground_truth: list[str | None] | None = None
+    ) -> list[dict] | tuple[int | None, str]:
+        """Predictions, or (index of the rejected image or None, server's reason) for a 4xx.
+
+        ``ground_truth``: the images' true classes where known; the server counts how many of
+        its labels match, per model id, in /metrics.
+        """
+        body: dict[str, object] = {"images": images}
+        if ground_truth and any(ground_truth):
+            body["ground_truth"] = ground_truth
         try:
-            response = self.session.post(self.url, json={"images": images}, timeout=self.timeout)
+            response = self.session.post(self.url, json=body, timeout=self.timeout)
         except requests.RequestException as exc:
             raise ServerUnavailable(f"{self.url}: {exc.__class__.__name__}: {exc}") from None
         if response.status_code >= 500:
@@ -82,9 +101,9 @@ class InferenceClient:
 
 def label_batch(
     client: InferenceClient,
-    items: list[tuple[ConsumerRecord, str, str]],
+    items: list[Item],
 ) -> tuple[list[Labelled], list[tuple[ConsumerRecord, str]]]:
-    """Label (record, image_id, base64) items; returns the labels and the rejected records.
+    """Label the items; returns the labels and the rejected records.
 
     A 4xx naming one image removes just that image; one naming none splits the batch, so a
     single bad image can never hold back the good ones.
@@ -96,11 +115,13 @@ def label_batch(
         chunk = pending.pop()
         if not chunk:
             continue
-        answer = client.predict([b64 for _, _, b64 in chunk])
+        answer = client.predict([i.image_b64 for i in chunk], [i.ground_truth for i in chunk])
         if isinstance(answer, list):
-            for (record, image_id, _), p in zip(chunk, answer, strict=True):
+            for item, p in zip(chunk, answer, strict=True):
                 labelled.append(
-                    Labelled(record, image_id, p["label"], float(p["confidence"]), p["model"])
+                    Labelled(
+                        item.record, item.image_id, p["label"], float(p["confidence"]), p["model"]
+                    )
                 )
             continue
         index, reason = answer
@@ -143,7 +164,7 @@ def consume(settings: Settings, stopper: kafkaio.Stopper, idle_exit: float | Non
     )
     try:
         for records in kafkaio.batches(consumer, settings.inference_batch_size, stopper, idle_exit):
-            items = []
+            items: list[Item] = []
             for record in records:
                 try:
                     msg = parse_image_message(
@@ -159,7 +180,8 @@ def consume(settings: Settings, stopper: kafkaio.Stopper, idle_exit: float | Non
                     )
                     total.skipped_invalid += 1
                     continue
-                items.append((record, msg.image_id, base64.b64encode(msg.image).decode()))
+                image_b64 = base64.b64encode(msg.image).decode()
+                items.append(Item(record, msg.image_id, image_b64, msg.ground_truth))
             result = kafkaio.retry_paused(
                 consumer,
                 lambda items=items: label_batch(client, items),

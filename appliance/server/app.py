@@ -286,6 +286,25 @@ def _to_input(
         raise ApiError(422, f"{where}: {exc}", index) from None
 
 
+def _ground_truths(value: object, count: int) -> list[str | None]:
+    """The optional true classes sent with a batch: one class name or null per image."""
+    if value is None:
+        return [None] * count
+    if not isinstance(value, list) or len(value) != count:
+        raise ApiError(400, f"field 'ground_truth' must be a list of {count} class names or nulls")
+    for i, truth in enumerate(value):
+        if truth is not None and not isinstance(truth, str):
+            raise ApiError(400, f"field 'ground_truth[{i}]' must be a class name or null", i)
+    return value
+
+
+def _count_ground_truth(model_id: str, labels: list[str], truths: list[str | None]) -> None:
+    checked = [(label, truth) for label, truth in zip(labels, truths, strict=True) if truth]
+    if checked:
+        metrics.LABELS_CHECKED.labels(model=model_id).inc(len(checked))
+        metrics.LABELS_MATCHING.labels(model=model_id).inc(sum(a == b for a, b in checked))
+
+
 def _json(payload: dict[str, Any], status: int = 200) -> Response:
     return Response(json.dumps(payload), status=status, mimetype="application/json")
 
@@ -365,7 +384,11 @@ def create_app(settings: ServerSettings | None = None, *, load_model: bool = Tru
         data = _b64_image(body["image"], "image")
         inference.require_ready()
         image = _to_input(data, "image", settings, inference.model.input_size)
+        truth = body.get("ground_truth")
+        if truth is not None and not isinstance(truth, str):
+            raise ApiError(400, "field 'ground_truth' must be a class name or null")
         ((label, confidence),) = inference.label([image])
+        _count_ground_truth(inference.model_id, [label], [truth])
         return _json({"label": label, "confidence": confidence, "model": inference.model_id})
 
     @app.post("/predict/batch")
@@ -383,15 +406,18 @@ def create_app(settings: ServerSettings | None = None, *, load_model: bool = Tru
                 413, f"too many images: {len(images)}, limit is {settings.max_batch_images}"
             )
         files = [_b64_image(value, f"images[{i}]", i) for i, value in enumerate(images)]
+        truths = _ground_truths(body.get("ground_truth"), len(images))
         inference.require_ready()
         size = inference.model.input_size
         decoded = [
             _to_input(data, f"images[{i}]", settings, size, i) for i, data in enumerate(files)
         ]
         model_id = inference.model_id
+        labels = inference.label(decoded)
+        _count_ground_truth(model_id, [label for label, _ in labels], truths)
         predictions = [
             {"label": label, "confidence": confidence, "model": model_id}
-            for label, confidence in inference.label(decoded)
+            for label, confidence in labels
         ]
         return _json({"predictions": predictions, "model": model_id})
 

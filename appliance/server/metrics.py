@@ -44,6 +44,18 @@ REQUEST_SECONDS = Histogram(
     buckets=_LATENCY_BUCKETS,
 )
 IMAGES = Counter("appliance_images_predicted_total", "Images labelled by the model.")
+# The model's quality as served: a client that knows an image's true class (the cameras do, for
+# CIFAR-10) sends it along, and each model id's ratio shows a regression when the model changes.
+LABELS_CHECKED = Counter(
+    "appliance_labels_with_ground_truth_total",
+    "Labels given to images that came with their true class, by model id.",
+    ("model",),
+)
+LABELS_MATCHING = Counter(
+    "appliance_labels_matching_ground_truth_total",
+    "Of those, the labels equal to the true class, by model id.",
+    ("model",),
+)
 BATCH_SIZE = Histogram(
     "appliance_model_batch_size",
     "Images per model call (the micro-batcher's batch sizes).",

@@ -12,7 +12,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from PIL import Image
 
 from appliance import kafkaio
-from appliance.consumer_inference import InferenceClient, label_batch
+from appliance.consumer_inference import InferenceClient, Item, label_batch
 from appliance.contract import encode_image_message
 
 from .harness import wait_for
@@ -132,8 +132,11 @@ def test_images_the_server_rejects_are_split_out(server_factory, cifar_test_samp
     images = [s.image for s in cifar_test_samples[:7]]
     images[2] = png(100, 100)
     images[5] = png(80, 80)
-    items = [(f"record-{i}", f"id-{i}", base64.b64encode(b).decode()) for i, b in enumerate(images)]
-    labelled, rejected = label_batch(client, items)  # type: ignore[arg-type]
+    items = [
+        Item(f"record-{i}", f"id-{i}", base64.b64encode(b).decode())  # type: ignore[arg-type]
+        for i, b in enumerate(images)
+    ]
+    labelled, rejected = label_batch(client, items)
     assert sorted(r for r, _ in rejected) == ["record-2", "record-5"]
     assert all("rejected by inference server (HTTP 4" in reason for _, reason in rejected)
     assert sorted(item.image_id for item in labelled) == [f"id-{i}" for i in (0, 1, 3, 4, 6)]

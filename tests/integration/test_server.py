@@ -91,7 +91,13 @@ ERRORS = [
     ("/predict/batch", b'{"images": "x"}', 400, "field 'images' must be a list"),
     ("/predict/batch", b'{"images": []}', 400, "field 'images' is empty"),
     ("/predict/batch", b'{"images": ["a", "b", "c", "d", "e"]}', 413, "too many images: 5"),
-]
+    ("/predict", f'{{"image": "{PNG_B64}", "ground_truth": 3}}'.encode(), 400,
+     "field 'ground_truth' must be a class name or null"),
+    ("/predict/batch", f'{{"images": ["{PNG_B64}"], "ground_truth": []}}'.encode(), 400,
+     "field 'ground_truth' must be a list of 1 class names or nulls"),
+    ("/predict/batch", f'{{"images": ["{PNG_B64}"], "ground_truth": [true]}}'.encode(), 400,
+     "field 'ground_truth[0]' must be a class name or null"),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize(("path", "body", "status", "message"), ERRORS)
@@ -242,9 +248,11 @@ def test_served_labels_are_the_artifacts_own_and_as_accurate(
     samples = [cifar_test_samples[i] for i in chosen]
     local = predict(loaded.model, decode_samples(samples, loaded.input_size)).argmax(axis=1)
     served = []
+    before = ml_server.get("/metrics").text
     for start in range(0, len(samples), 4):  # the fixture's MAX_BATCH_IMAGES
         images = [base64.b64encode(s.image).decode() for s in samples[start : start + 4]]
-        response = ml_server.post("/predict/batch", {"images": images})
+        truths = [s.label for s in samples[start : start + 4]]
+        response = ml_server.post("/predict/batch", {"images": images, "ground_truth": truths})
         assert response.status_code == 200, response.text
         served += [loaded.class_names.index(p["label"]) for p in response.json()["predictions"]]
     agree = np.mean(np.array(served) == local)
@@ -252,6 +260,16 @@ def test_served_labels_are_the_artifacts_own_and_as_accurate(
     print(f"served {loaded.model_id}: agrees with in-process on {100 * agree:.1f}%, "
           f"top-1 {100 * accuracy:.1f}% of {len(samples)} test images")  # fmt: skip
     assert agree >= 0.995
+    # /metrics tells the same story, per model id: every label checked, the right ones matching.
+    after = ml_server.get("/metrics").text
+    checked, matching = (
+        metric(after, name, model=loaded.model_id) - metric(before, name, model=loaded.model_id)
+        for name in (
+            "appliance_labels_with_ground_truth_total",
+            "appliance_labels_matching_ground_truth_total",
+        )
+    )
+    assert (checked, matching) == (len(samples), int(np.sum(np.array(served) == truth[chosen])))
     recorded = loaded.metadata.test_accuracy
     if loaded.metadata.extra.get("trained") and recorded is not None:
         # A 1,000-image subset of a ~60-90% model: a standard error of about 1.5 points.
