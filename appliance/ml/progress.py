@@ -105,6 +105,7 @@ def make_progress(
                     loss=f"{logs.get('loss', 0):.3f}",
                     acc=f"{logs.get('accuracy', 0):.3f}",
                     run_left=duration(self.seconds_left(epoch, done)),
+                    refresh=False,  # the bar redraws at its own pace (every 30 s in a log file)
                 )
             if done < steps and self.train_done - self.saved >= checkpoint_s:
                 state["step"] = done

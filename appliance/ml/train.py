@@ -32,7 +32,13 @@ from appliance.ml.checkpoints import (
     recipe_differences,
     write_state,
 )
-from appliance.ml.compiled import POLICIES, build_compiled, export_copy, precision_policy
+from appliance.ml.compiled import (
+    POLICIES,
+    build_compiled,
+    export_copy,
+    precision_policy,
+    use_xla,
+)
 from appliance.ml.progress import GoNoGo, Probe, make_progress
 from appliance.ml.recipe import Recipe, TrainingError
 from appliance.ml.training_data import (
@@ -114,14 +120,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--precision",
         choices=("auto", *POLICIES),
         default="auto",
-        help="auto: mixed float16 on a GPU, float32 on a CPU; bfloat16: mixed bfloat16 (CPUs "
-        "with AVX512_BF16/AMX, GPUs)",
+        help="auto: mixed float16 on a GPU; on a CPU mixed bfloat16 where it has AMX (oneDNN's "
+        "bf16 kernels), else float32; bfloat16: mixed bfloat16",
     )
     add(
         "--xla",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="compile the training step with XLA (default; --no-xla: TensorFlow's own kernels)",
+        default=None,
+        help="compile the training step with XLA (default: yes, except bfloat16 on a CPU, where "
+        "oneDNN's own kernels are the fast ones)",
     )
     add("--fresh", action="store_true", help="discard a checkpoint and start over")
 
@@ -232,14 +239,18 @@ def _train(args: argparse.Namespace) -> int:
         return 0
 
     policy = precision_policy(args.precision)
-    log.info("precision: %s%s", policy, " (auto)" if args.precision == "auto" else "")
+    xla = use_xla(args.xla, policy)
+    log.info(
+        "precision: %s%s, XLA %s%s", policy, " (auto)" if args.precision == "auto" else "",
+        "on" if xla else "off", " (auto)" if args.xla is None else "",
+    )  # fmt: skip
     train_split, val_split, train_names = load_training_data(args.data, recipe)
     n = len(train_split.labels)
     if n < recipe.batch_size:
         raise TrainingError(f"{n} training images, fewer than one batch of {recipe.batch_size}")
     steps = n // recipe.batch_size  # whole batches: BatchNorm dislikes a tiny last one
     probe = _probe(args.data, recipe, args.probe_images, args.go_no_go, train_names)
-    net = build_compiled(recipe, steps, policy, args.xla)
+    net = build_compiled(recipe, steps, policy, xla)
     start, step = 0, 0
     if state and state.get("checkpoint"):
         # Rebuild + compile + load weights rather than load_model: the compiled optimizer keeps

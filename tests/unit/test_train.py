@@ -25,7 +25,7 @@ import pytest
 from appliance import datasets, model
 from appliance.evaluate import MAX_PIXELS, decode_samples
 from appliance.imaging import image_to_input
-from appliance.ml import checkpoints, train, training_data
+from appliance.ml import checkpoints, compiled, train, training_data
 from appliance.ml.recipe import Recipe
 
 PER_CLASS = {"train": 2, "test": 1}
@@ -234,7 +234,9 @@ def test_the_artifact_records_its_training(trained, data):
     assert meta.test_accuracy is not None and 0.0 <= meta.test_accuracy <= 1.0
     assert meta.extra["epochs"] == 3 and meta.extra["test_images"] == 10
     assert meta.extra["training_data_sha256_method"] == training_data.DATA_SHA256_METHOD
-    assert meta.extra["precision"] == "float32"
+    policy = compiled.precision_policy("auto")  # float32, or mixed bfloat16 on an AMX CPU
+    expected = policy if policy == "float32" else f"{policy} (saved as float32)"
+    assert meta.extra["precision"] == expected
     assert [h["epoch"] for h in meta.extra["history"]] == [1, 2, 3]
     assert meta.extra["training_seconds"] > 0
     # No optimizer state in what is served: the same image through the server's decoder works.
@@ -328,3 +330,18 @@ def test_a_checkpoint_from_before_a_recipe_field_still_resumes(data):
     assert checkpoints.recipe_differences({"recipe": saved}, r) == []
     linear = dataclasses.replace(r, schedule="linear")
     assert checkpoints.recipe_differences({"recipe": saved}, linear) == ["schedule"]
+
+
+def test_auto_precision_takes_bfloat16_only_where_the_cpu_has_amx(monkeypatch):
+    amx = "processor : 0\nflags : fpu avx512f avx512_bf16 amx_bf16 amx_tile\n"
+    assert compiled.has_amx_bf16(amx)
+    assert not compiled.has_amx_bf16("processor : 0\nflags : fpu avx2 avx512_bf16\n")
+    monkeypatch.setattr(compiled, "has_gpu", lambda: False)
+    monkeypatch.setattr(compiled, "has_amx_bf16", lambda cpuinfo=None: True)
+    assert compiled.precision_policy("auto") == "mixed_bfloat16"
+    assert compiled.use_xla(None, "mixed_bfloat16") is False  # oneDNN's AMX kernels, not XLA's
+    assert compiled.use_xla(True, "mixed_bfloat16") is True
+    monkeypatch.setattr(compiled, "has_amx_bf16", lambda cpuinfo=None: False)
+    assert compiled.precision_policy("auto") == "float32"
+    assert compiled.use_xla(None, "float32") is True
+    assert compiled.precision_policy("bfloat16") == "mixed_bfloat16"
