@@ -74,7 +74,6 @@ def make_progress(
             self.bar: tqdm | None = None
             self.no_go: str | None = None
             self.steps_run, self.run_started = 0, time.monotonic()
-            self.epoch_times: list[float] = []
 
         def on_epoch_begin(self, epoch: int, logs=None) -> None:
             # A run resumed mid-epoch starts its first epoch at the checkpoint's step.
@@ -119,7 +118,6 @@ def make_progress(
                 self.bar.close()
             logs = {k: float(v) for k, v in (logs or {}).items()}
             seconds = time.monotonic() - self.started
-            self.epoch_times.append(seconds)
             ran = steps - self.offset
             rate = ran * recipe.batch_size / max(self.train_done - self.started, 1e-9)
             lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
