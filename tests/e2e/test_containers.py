@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance import __version__
+from appliance import __version__, model
 from appliance.cloud import credentials
 from appliance.ops import stack as st
 from tests import mongodb_probe
@@ -133,6 +133,14 @@ def test_pipeline_survives_killed_consumers(stack: st.Stack, shared_archive: Pat
     assert final.labelled == COUNT
     assert final.dead_lettered == 0
     assert final.predictions >= COUNT  # redelivery after the kill may publish some twice
+
+    # One model labelled them all; the shipped one (the image's default) as well as it scores.
+    ((model_id, (matching, checked)),) = final.quality.items()
+    assert checked == COUNT
+    shipped = model.read_metadata(model.shipped_path())
+    if model_id == shipped.model_id and shipped.extra.get("trained") and shipped.test_accuracy:
+        # 500 test-split images: a standard error of about 2 points around the recorded top-1.
+        assert abs(matching / checked - shipped.test_accuracy) <= 0.07, (matching, shipped)
 
     producer = st.inspect_container(stack, st.PRODUCER.role)
     assert (producer.state, producer.exit_code) == ("exited", 0), producer

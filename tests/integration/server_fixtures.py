@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +30,18 @@ TEST_ENV = {
     "MAX_BATCH_IMAGES": "4",
     "LOG_LEVEL": "info",
 }
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus text, 0 when absent."""
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        match = re.match(r"^(\w+)(?:\{(.*)\})? (\S+)$", line)
+        if match and match[1] == name:
+            got = ",".join(sorted((match[2] or "").split(","))) if match[2] else ""
+            if got == want:
+                return float(match[3])
+    return 0.0
 
 
 def encode_image(

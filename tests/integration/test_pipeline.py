@@ -7,11 +7,13 @@ import threading
 import time
 
 import pytest
+import requests
 
 from appliance import producer
 from appliance.model import CIFAR10_CLASSES
 
 from .harness import wait_for
+from .server_fixtures import metric
 
 pytestmark = pytest.mark.integration
 DOCUMENT_FIELDS = {"_id", "device_id", "timestamp", "image", "content_type", "ground_truth",
@@ -48,6 +50,7 @@ def test_thousand_images_end_to_end(served_settings, consumers, collection, cifa
     assert len(samples) == 1000
     db = consumers("consume-db", served_settings)
     inference = consumers("consume-inference", served_settings)
+    before = requests.get(f"{served_settings.inference_url}/metrics", timeout=10).text
 
     counts = producer.produce(
         served_settings, samples, devices=4, rate=0, count=1000, progress=False
@@ -65,6 +68,21 @@ def test_thousand_images_end_to_end(served_settings, consumers, collection, cifa
     devices = set(collection.distinct("device_id"))
     assert devices == {f"{served_settings.device_id}-{i:02d}" for i in range(4)}
     assert db.alive and inference.alive
+    # The inference consumer sent the cameras' ground truth along: the server counted every label,
+    # and its matches agree with the documents' (a redelivered batch would count twice, no less).
+    after = requests.get(f"{served_settings.inference_url}/metrics", timeout=10).text
+    docs = list(collection.find({}, {"ground_truth": 1, "prediction": 1}))
+    model_id = docs[0]["prediction"]["model"]
+    matching = sum(d["ground_truth"] == d["prediction"]["label"] for d in docs)
+    checked, served_matching = (
+        metric(after, name, model=model_id) - metric(before, name, model=model_id)
+        for name in (
+            "appliance_labels_with_ground_truth_total",
+            "appliance_labels_matching_ground_truth_total",
+        )
+    )
+    assert checked >= 1000
+    assert matching <= served_matching <= matching + (checked - 1000)
 
 
 def test_server_down_for_20_seconds_mid_run(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import re
 import threading
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from appliance.evaluate import balanced_order, decode_samples, label_indices, pr
 from appliance.model import CIFAR10_CLASSES
 
 from .server_fixtures import *  # noqa: F403 - the ml_server fixture
-from .server_fixtures import Server, encode_image, start_server
+from .server_fixtures import Server, encode_image, metric, start_server
 
 pytestmark = pytest.mark.integration
 
@@ -29,18 +28,6 @@ def assert_prediction(answer: dict, model_id: str) -> None:
     assert answer["label"] in CIFAR10_CLASSES
     assert 0.0 <= answer["confidence"] <= 1.0
     assert answer["model"] == model_id
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """The value of one sample in Prometheus text, 0 when absent."""
-    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    for line in text.splitlines():
-        match = re.match(r"^(\w+)(?:\{(.*)\})? (\S+)$", line)
-        if match and match[1] == name:
-            got = ",".join(sorted((match[2] or "").split(","))) if match[2] else ""
-            if got == want:
-                return float(match[3])
-    return 0.0
 
 
 def test_healthz_is_503_loading_until_the_model_is_loaded_then_200(ml_server: Server) -> None:
