@@ -32,6 +32,7 @@ import numpy as np
 from appliance import __version__, datasets, model
 from appliance.evaluate import EvaluationError, balanced_order, decode_samples, label_indices
 from appliance.ml import pieces
+from appliance.ml.recipe import crop_pad
 from appliance.ml.schedule import Schedule, duration, planned_steps
 from appliance.ml.training_data import DATA_SHA256_METHOD, data_sha256
 
@@ -58,7 +59,7 @@ class Recipe:
 
     @property
     def pad(self) -> int:
-        return max(1, round(4 * self.input_size / 32))  # as appliance.ml.recipe: 4 px at 32x32
+        return crop_pad(self.input_size)
 
 
 def elapsed() -> float:

@@ -5,6 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+def crop_pad(input_size: int) -> int:
+    """The random-crop padding: 4 px at 32x32, scaled with the input size (CPU and GPU runs)."""
+    return max(1, round(4 * input_size / 32))
+
+
 class TrainingError(ValueError):
     """The run cannot start or continue as asked; the message says why and what to do."""
 
@@ -33,5 +38,4 @@ class Recipe:
 
     @property
     def pad(self) -> int:
-        """The random-crop padding: 4 px at 32x32, scaled with the input size."""
-        return max(1, round(4 * self.input_size / 32))
+        return crop_pad(self.input_size)
