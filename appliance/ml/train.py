@@ -95,7 +95,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add(
         "--init-from",
         metavar="ARTIFACT",
-        help="start from this trained artifact's weights (.keras or .npz, same stem and size), "
+        help="start from this trained artifact's weights (.keras or .npz, same size; another stem "
+        "only if every weight's shape fits, e.g. stock into stride1), "
         "e.g. to train on from the shipped model in a later session",
     )
     add(
@@ -175,19 +176,39 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _init_weights(net, source: str, recipe: Recipe) -> dict[str, Any]:
-    """Copy a trained artifact's weights into ``net``; what the artifact was, for the metadata."""
+    """Copy a trained artifact's weights into ``net``; what the artifact was, for the metadata.
+
+    Another stem is fine when every weight has the same shape (stock into stride1: the same
+    network seeing four times the detail, a progressive-resizing step); anything else is refused.
+    """
     loaded = model.load(source)
     meta = loaded.metadata
-    if (meta.stem, meta.input_size) != (recipe.stem, recipe.input_size):
+    if meta.input_size != recipe.input_size:
         raise TrainingError(
-            f"--init-from {source}: a {meta.stem} stem at {meta.input_size}px, but this run "
-            f"trains a {recipe.stem} stem at {recipe.input_size}px"
+            f"--init-from {source}: trained at {meta.input_size}px, but this run trains at "
+            f"{recipe.input_size}px"
+        )
+    theirs = [(w.path, tuple(w.shape)) for w in loaded.model.weights]
+    ours = [(w.path, tuple(w.shape)) for w in net.weights]
+    if [shape for _, shape in theirs] != [shape for _, shape in ours]:
+        differ = next(
+            (
+                f"{a[0]} {a[1]} vs {b[1]}"
+                for a, b in zip(theirs, ours, strict=False)
+                if a[1] != b[1]
+            ),
+            f"{len(theirs)} weights vs {len(ours)}",
+        )
+        raise TrainingError(
+            f"--init-from {source}: its {meta.stem} stem's weights do not fit the {recipe.stem} "
+            f"stem's ({differ})"
         )
     net.set_weights(loaded.model.get_weights())
-    log.info("starting from the weights of %s (%s)", source, meta.model_id)
+    log.info("starting from the weights of %s (%s, %s stem)", source, meta.model_id, meta.stem)
     return {
         "path": source,
         "model_id": meta.model_id,
+        "stem": meta.stem,
         "test_accuracy": meta.test_accuracy,
         "epochs": meta.extra.get("total_epochs", meta.extra.get("epochs")),
     }

@@ -46,11 +46,20 @@ def test_save_and_load_keep_predictions_identical(resnet):
     assert backbone.get_layer("conv2_block1_out").output.shape[1:3] == (32, 32)
 
 
-@pytest.mark.parametrize(("stem", "side"), [("stock", 8), ("cifar", 32), ("pooled", 16)])
+@pytest.mark.parametrize(
+    ("stem", "side"), [("stock", 8), ("cifar", 32), ("pooled", 16), ("stride1", 16)]
+)
 def test_each_stem_gives_the_first_stage_its_feature_map_size(stem: str, side: int) -> None:
     backbone = model.build(32, stem=stem).get_layer("resnet50")
     assert backbone.get_layer("conv2_block1_out").output.shape[1:3] == (side, side)
     assert backbone.get_layer("conv5_block3_out").output.shape[1:3] == (side // 8, side // 8)
+
+
+def test_the_stride1_stem_has_the_stock_stems_weights() -> None:
+    stock, stride1 = model.build(32, stem="stock"), model.build(32, stem="stride1")
+    assert [w.shape for w in stock.weights] == [w.shape for w in stride1.weights]
+    conv1 = stride1.get_layer("resnet50").get_layer("conv1_conv")
+    assert conv1.kernel_size == (7, 7) and conv1.strides == (1, 1)
 
 
 def test_metadata_with_another_stem_is_refused(resnet, tmp_path):

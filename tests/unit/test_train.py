@@ -309,9 +309,30 @@ def test_init_from_refuses_another_network(trained, data, tmp_path, capsys):
     out = tmp_path / "other.keras"
     argv = ["--data", str(data), "--out", str(out), *ARGS, "--input-size", "48"]
     assert run_train(*argv, "--init-from", str(trained["out"])) == 2
-    assert "a stock stem at 32px, but this run trains a stock stem at 48px" in (
-        capsys.readouterr().err
+    assert "trained at 32px, but this run trains at 48px" in capsys.readouterr().err
+
+
+def test_init_from_another_stem_needs_weights_of_the_same_shapes(trained, data, tmp_path, capsys):
+    argv = ["--data", str(data), *ARGS, "--epochs", "1", "--lr", "1e-12"]
+    # stock into stride1: the same weights, now seeing four times the detail.
+    out = tmp_path / "dense.keras"
+    assert run_train(*argv, "--out", str(out), "--init-from", str(trained["out"]),
+                     "--stem", "stride1") == 0  # fmt: skip
+    source, dense = model.load(trained["out"]), model.load(out)
+    assert dense.metadata.stem == "stride1"
+    assert dense.metadata.extra["init_from"]["stem"] == "stock"
+    np.testing.assert_allclose(
+        np.asarray(dense.model.get_layer("resnet50").get_layer("conv1_conv").kernel),
+        np.asarray(source.model.get_layer("resnet50").get_layer("conv1_conv").kernel),
+        atol=1e-6,
     )
+    # stock into cifar: conv1 is 3x3 there, so the weights do not fit.
+    other = tmp_path / "cifar.keras"
+    assert run_train(*argv, "--out", str(other), "--init-from", str(trained["out"]),
+                     "--stem", "cifar") == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert "its stock stem's weights do not fit the cifar stem's" in err
+    assert "conv1_conv/kernel (7, 7, 3, 64) vs (3, 3, 3, 64)" in err and not other.exists()
 
 
 def test_linear_schedule_warms_up_then_falls_to_zero():
