@@ -94,6 +94,7 @@ def test_up_returns_the_endpoints_on_the_ports_asked_for(stack: Stack) -> None:
     password = config.password_file.read_text().strip()
     assert stack.endpoints.mongodb_uri == (
         f"mongodb://appliance:{password}@127.0.0.1:{config.mongodb_port}/?authSource=admin"
+        f"&tls=true&tlsCAFile={config.ca_file}"
     )
     assert "services up in" in stack.output
     assert (config.state_dir / ds.STATE_FILE).exists()
@@ -337,9 +338,10 @@ def test_mongodb_wants_the_stacks_password_which_stays_private(stack: Stack) -> 
         pytest.skip("a real mongod serves here, without authentication")
     address = f"127.0.0.1:{stack.config.mongodb_port}"
     password = stack.config.password_file.read_text().strip()
+    tls = f"tls=true&tlsCAFile={stack.config.ca_file}"
     refused = {
-        f"mongodb://{address}": 13,  # no credentials: "requires authentication"
-        f"mongodb://appliance:not-{password}@{address}/?authSource=admin": 18,  # wrong password
+        f"mongodb://{address}/?{tls}": 13,  # no credentials: "requires authentication"
+        f"mongodb://appliance:not-{password}@{address}/?authSource=admin&{tls}": 18,  # wrong one
     }
     for uri, code in refused.items():
         client: MongoClient[dict[str, object]] = MongoClient(uri, serverSelectionTimeoutMS=10_000)
@@ -360,6 +362,38 @@ def test_mongodb_wants_the_stacks_password_which_stays_private(stack: Stack) -> 
     )  # fmt: skip
     assert password not in printed.stdout + printed.stderr
     assert "appliance:****@" in printed.stdout
+
+
+def test_mongodb_speaks_only_tls_with_the_stacks_certificate(stack: Stack, tmp_path: Path) -> None:
+    """The right login is refused without TLS, and over TLS by a client that trusts another CA."""
+    from pymongo.errors import ServerSelectionTimeoutError
+
+    if not any(s.name == "mongodb" and "FerretDB" in s.detail for s in ds.status(stack.config)):
+        pytest.skip("a real mongod serves here, without TLS")
+    good = stack.endpoints.mongodb_uri
+    other_ca = tmp_path / "other-ca.pem"
+    other_ca.write_bytes(pki.new_authority("another deployment's CA").cert_pem)
+    plain = good.split("&tls=")[0]
+    untrusted = good.replace(str(stack.config.ca_file), str(other_ca))
+    outcomes = {}
+    for name, uri in {"no TLS": plain, "untrusted CA": untrusted}.items():
+        client: MongoClient[dict[str, object]] = MongoClient(uri, serverSelectionTimeoutMS=5_000)
+        try:
+            with pytest.raises(ServerSelectionTimeoutError) as caught:
+                client["devservices_test"]["images"].insert_one({"_id": f"refused-{name}"})
+            outcomes[name] = str(caught.value).split(" (configured")[0]
+        finally:
+            client.close()
+    print(outcomes)
+    assert "CERTIFICATE_VERIFY_FAILED" in outcomes["untrusted CA"]
+    # In the same way the stack's own URI gets in: the refusals are TLS's doing.
+    client = MongoClient(good, serverSelectionTimeoutMS=10_000)
+    try:
+        client["devservices_test"]["images"].insert_one({"_id": "tls-ok"})
+    finally:
+        client.close()
+    for path in (stack.config.mongodb_cert_file, stack.config.mongodb_key_file):
+        assert path.stat().st_mode & 0o777 == 0o600, path
 
 
 def test_a_lookup_by_id_uses_the_id_index(stack: Stack) -> None:

@@ -93,7 +93,10 @@ def test_the_mongodb_password_joins_the_uri_and_is_masked_when_printed(tmp_path:
     cfg.password_file.parent.mkdir(parents=True)
     cfg.password_file.write_text("s3cret-pw\n")
     uri = cfg.endpoints.mongodb_uri
-    assert uri == f"mongodb://appliance:s3cret-pw@127.0.0.1:{cfg.mongodb_port}/?authSource=admin"
+    assert uri == (
+        f"mongodb://appliance:s3cret-pw@127.0.0.1:{cfg.mongodb_port}/?authSource=admin"
+        f"&tls=true&tlsCAFile={cfg.ca_file}"
+    )
     masked = cfg.endpoints.env_lines(reveal=False)[1]
     assert "s3cret" not in masked and "appliance:****@127.0.0.1" in masked
     assert "s3cret-pw" in cfg.endpoints.env_lines(export=True)[1]
@@ -193,12 +196,16 @@ def test_kafka_commands_use_the_cached_jars_and_a_modest_heap(tmp_path: Path) ->
     ]
 
 
-def test_ferretdb_runs_sqlite_on_loopback_without_telemetry(tmp_path: Path) -> None:
+def test_ferretdb_runs_sqlite_on_loopback_tls_only_without_telemetry(tmp_path: Path) -> None:
     cfg = config(tmp_path, mongodb_port=27018)
     command = ds.ferretdb_command(tmp_path / "ferretdb", cfg)
     assert "--handler=sqlite" in command
     assert f"--sqlite-url=file:{cfg.mongodb_dir / 'data'}/" in command
-    assert "--listen-addr=127.0.0.1:27018" in command
+    # No plain listener; TLS on loopback with the stack's certificate.
+    assert "--listen-addr=" in command
+    assert "--listen-tls=127.0.0.1:27018" in command
+    assert f"--listen-tls-cert-file={cfg.mongodb_cert_file}" in command
+    assert f"--listen-tls-key-file={cfg.mongodb_key_file}" in command
     assert "--telemetry=disable" in command
     assert "--debug-addr=-" in command
 

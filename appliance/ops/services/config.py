@@ -9,6 +9,7 @@ import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from urllib.parse import quote
 
 from appliance.config import ConfigError, Settings
 
@@ -155,6 +156,15 @@ class ServicesConfig:
         return self.tls_dir / "kafka.pem"
 
     @property
+    def mongodb_cert_file(self) -> Path:
+        """FerretDB's TLS certificate (from the stack's CA) and, beside it, its key."""
+        return self.tls_dir / "mongodb-cert.pem"
+
+    @property
+    def mongodb_key_file(self) -> Path:
+        return self.tls_dir / "mongodb-key.pem"
+
+    @property
     def kafka_internal_address(self) -> str:
         return f"{HOST}:{self.kafka_internal_port}"
 
@@ -166,7 +176,11 @@ class ServicesConfig:
         except FileNotFoundError:  # not started yet, or a server without authentication
             uri = f"mongodb://{address}"
         else:
-            uri = f"mongodb://{MONGODB_USER}:{password}@{address}/?authSource={MONGODB_AUTH_DB}"
+            # FerretDB: a login, over TLS only, verified against the stack's CA.
+            uri = (
+                f"mongodb://{MONGODB_USER}:{password}@{address}/?authSource={MONGODB_AUTH_DB}"
+                f"&tls=true&tlsCAFile={quote(str(self.ca_file), safe='/')}"
+            )
         try:
             kafka_password = self.kafka_password_file.read_text().strip()
         except FileNotFoundError:  # not started yet

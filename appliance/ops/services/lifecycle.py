@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from appliance.cloud.credentials import write_private
 from appliance.config import Settings
 from appliance.ops.services.config import (
     DEFAULT_STOP_TIMEOUT_S,
@@ -127,7 +128,7 @@ def _service_status(config: ServicesConfig, name: str, entry: Mapping[str, Any])
         if name == "kafka":
             reason = kafka_problem(address, timeout_s=3.0, login=kafka_login(config))
         else:
-            reason = mongodb_problem(f"mongodb://{address}", timeout_s=2.0)
+            reason = mongodb_problem(config.endpoints.mongodb_uri, timeout_s=2.0)
     detail = str(entry.get("detail", "")) if reason is None else reason
     return ServiceStatus(name, pid, address, running=True, healthy=reason is None, detail=detail)
 
@@ -335,7 +336,8 @@ def _ensure_password(path: Path) -> None:
 
 
 def _make_tls(config: ServicesConfig) -> None:
-    """The stack's own CA and the broker's certificate for 127.0.0.1 and localhost."""
+    """The stack's own CA, and the broker's and FerretDB's certificates for 127.0.0.1 and
+    localhost."""
     from appliance.cloud import pki
 
     config.tls_dir.mkdir(mode=0o700, exist_ok=True)
@@ -344,6 +346,10 @@ def _make_tls(config: ServicesConfig) -> None:
     pki.write_authority(config.tls_dir, authority)
     server = pki.issue(authority, "kafka", [HOST, "localhost"])
     pki.write_keystore(config.kafka_keystore, server, authority)
+    # FerretDB reads its certificate and key from two files.
+    mongodb = pki.issue(authority, "mongodb", [HOST, "localhost"])
+    write_private(config.mongodb_cert_file, (mongodb.cert_pem + authority.cert_pem).decode())
+    write_private(config.mongodb_key_file, mongodb.key_pem.decode())
 
 
 def _prepare_state_dir(config: ServicesConfig) -> None:

@@ -38,7 +38,11 @@ def ferretdb_command(binary: Path, config: ServicesConfig) -> list[str]:
         "--handler=sqlite",
         # FerretDB wants a directory URI ending in a slash: one SQLite file per database.
         f"--sqlite-url=file:{data}/",
-        f"--listen-addr={HOST}:{config.mongodb_port}",
+        # TLS only, with a certificate from the stack's CA: no plain listener at all.
+        "--listen-addr=",
+        f"--listen-tls={HOST}:{config.mongodb_port}",
+        f"--listen-tls-cert-file={config.mongodb_cert_file}",
+        f"--listen-tls-key-file={config.mongodb_key_file}",
         f"--state-dir={config.mongodb_dir}",
         "--telemetry=disable",
         # Its metrics/pprof listener defaults to 127.0.0.1:8088, which two stacks would fight over.
