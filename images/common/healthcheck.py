@@ -6,8 +6,11 @@ APPLIANCE_HEALTHCHECK=broker|producer|consume-db|consume-inference|server|none) 
 that role needs, printing one line either way (Docker keeps it: `docker inspect`, `appliance
 stack status`):
 
-- broker: the local Kafka broker answers an ApiVersions request (not via advertised addresses);
-- producer: a broker in KAFKA_BOOTSTRAP_SERVERS answers;
+- broker: the local Kafka broker answers an ApiVersions request (not via advertised addresses;
+  with KAFKA_SECURITY_PROTOCOL=SASL_SSL on its loopback INTERNAL listener, and only once the
+  entrypoint has set the clients' login);
+- producer: a broker in KAFKA_BOOTSTRAP_SERVERS answers (over TLS, verified against
+  KAFKA_CA_FILE, with SASL_SSL: Kafka answers ApiVersions before the login);
 - consume-db: that, and MongoDB (MONGODB_URI) answers `ping`;
 - consume-inference: that, and the inference server's /healthz (INFERENCE_URL) says 200;
 - server: this container's /healthz says 200 (the model is loaded).
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import struct
 import sys
 import urllib.error
@@ -29,7 +33,7 @@ from pathlib import Path
 TIMEOUT_S = 4.0
 
 
-def kafka_answers(address: str) -> str | None:
+def kafka_answers(address: str, tls: ssl.SSLContext | None = None) -> str | None:
     """None when a broker at HOST:PORT answers ApiVersions (v0), else why not."""
     host, _, port = address.strip().rpartition(":")
     host = host.strip("[]") or "localhost"
@@ -37,7 +41,8 @@ def kafka_answers(address: str) -> str | None:
     # Request header v1: api_key 18 (ApiVersions), version 0, correlation id, client id.
     body = struct.pack(">hhih", 18, 0, 1, len(client)) + client
     try:
-        with socket.create_connection((host, int(port)), timeout=TIMEOUT_S) as sock:
+        with socket.create_connection((host, int(port)), timeout=TIMEOUT_S) as raw:
+            sock = tls.wrap_socket(raw, server_hostname=host) if tls else raw
             sock.sendall(struct.pack(">i", len(body)) + body)
             head = _recv_exactly(sock, 10)
     except (OSError, ValueError) as exc:
@@ -58,11 +63,21 @@ def _recv_exactly(sock: socket.socket, count: int) -> bytes:
     return data
 
 
+def sasl_ssl() -> bool:
+    return os.environ.get("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT").upper() == "SASL_SSL"
+
+
 def any_broker() -> str | None:
     servers = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092").split(",")
+    tls = None
+    if sasl_ssl():
+        try:
+            tls = ssl.create_default_context(cafile=os.environ.get("KAFKA_CA_FILE") or None)
+        except OSError as exc:
+            return f"KAFKA_CA_FILE: {exc}"
     problems = []
     for server in servers:
-        problem = kafka_answers(server)
+        problem = kafka_answers(server, tls)
         if problem is None:
             return None
         problems.append(problem)
@@ -70,7 +85,13 @@ def any_broker() -> str | None:
 
 
 def local_broker() -> str | None:
-    return kafka_answers(f"127.0.0.1:{os.environ.get('KAFKA_PORT', '9092')}")
+    if not sasl_ssl():
+        return kafka_answers(f"127.0.0.1:{os.environ.get('KAFKA_PORT', '9092')}")
+    problem = kafka_answers(f"127.0.0.1:{os.environ.get('KAFKA_INTERNAL_PORT', '9094')}")
+    config_dir = Path(os.environ.get("KAFKA_CONFIG_DIR", "/var/lib/kafka/config"))
+    if problem is None and not (config_dir / "login.ready").exists():
+        problem = "the clients' SCRAM login is not set yet (see the container's log)"
+    return problem
 
 
 def mongodb() -> str | None:

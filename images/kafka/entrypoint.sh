@@ -14,6 +14,15 @@
 #   KAFKA_LOG_FLUSH_INTERVAL_MESSAGES (1: fsync before acknowledging; see below)
 #   KAFKA_CFG_<NAME>=value  any broker property: KAFKA_CFG_LOG_RETENTION_HOURS=24 sets
 #                           log.retention.hours=24 (last, so it overrides the settings above)
+#
+# Clients log in (KAFKA_SECURITY_PROTOCOL=SASL_SSL, as `appliance stack env` writes): the client
+# listener is SASL_SSL, SCRAM-SHA-512, and the advertised listener must say SASL_SSL://HOST:PORT.
+#   KAFKA_USERNAME, KAFKA_PASSWORD  the clients' login, added to the broker at every start (so a
+#                               new password takes effect with a restart)
+#   KAFKA_KEYSTORE_FILE         PEM: the broker's key, its certificate and the CA's, readable by
+#                               this image's user (uid 10001) only
+#   KAFKA_INTERNAL_PORT (9094)  PLAINTEXT on 127.0.0.1 only: the broker's own traffic, the login
+#                               setup and the health check; nothing outside the container reaches it
 set -euo pipefail
 
 if (($# > 0)); then
@@ -32,7 +41,13 @@ port=${KAFKA_PORT:-9092}
 controller_port=${KAFKA_CONTROLLER_PORT:-9093}
 node_id=${KAFKA_NODE_ID:-1}
 
-for setting in port controller_port node_id; do
+internal_port=${KAFKA_INTERNAL_PORT:-9094}
+protocol=${KAFKA_SECURITY_PROTOCOL:-PLAINTEXT}
+protocol=${protocol^^}
+[[ $protocol == PLAINTEXT || $protocol == SASL_SSL ]] ||
+  fail "KAFKA_SECURITY_PROTOCOL must be PLAINTEXT or SASL_SSL, got '$protocol'"
+
+for setting in port controller_port node_id internal_port; do
   [[ ${!setting} =~ ^[0-9]+$ ]] || fail "$setting must be a number, got '${!setting}'"
 done
 advertised=${KAFKA_ADVERTISED_LISTENERS:-}
@@ -45,10 +60,20 @@ if [[ -z $advertised ]]; then
   [[ -n $advertised_host ]] || fail "KAFKA_ADVERTISED_LISTENERS is not set (nor KAFKA_ADVERTISED_HOST" \
     "or KAFKA_BOOTSTRAP_SERVERS): the address clients reach this broker at, e.g." \
     "KAFKA_ADVERTISED_LISTENERS=PLAINTEXT://192.0.2.11:9092"
-  advertised=PLAINTEXT://$advertised_host:${KAFKA_ADVERTISED_PORT:-$port}
+  advertised=$protocol://$advertised_host:${KAFKA_ADVERTISED_PORT:-$port}
 fi
-[[ $advertised =~ ^PLAINTEXT://[^:/]+:[0-9]+$ ]] ||
-  fail "KAFKA_ADVERTISED_LISTENERS must look like PLAINTEXT://HOST:PORT, got '$advertised'"
+[[ $advertised =~ ^$protocol://[^:/]+:[0-9]+$ ]] ||
+  fail "KAFKA_ADVERTISED_LISTENERS must look like $protocol://HOST:PORT" \
+    "(KAFKA_SECURITY_PROTOCOL=$protocol), got '$advertised'"
+if [[ $protocol == SASL_SSL ]]; then
+  [[ -n ${KAFKA_USERNAME:-} && -n ${KAFKA_PASSWORD:-} ]] ||
+    fail "KAFKA_SECURITY_PROTOCOL=SASL_SSL needs KAFKA_USERNAME and KAFKA_PASSWORD"
+  [[ -n ${KAFKA_KEYSTORE_FILE:-} ]] ||
+    fail "KAFKA_SECURITY_PROTOCOL=SASL_SSL needs KAFKA_KEYSTORE_FILE (PEM: key, certificate, CA)"
+  [[ -r $KAFKA_KEYSTORE_FILE ]] ||
+    fail "cannot read KAFKA_KEYSTORE_FILE $KAFKA_KEYSTORE_FILE as uid $(id -u): mount it owned" \
+      "by $(id -u), mode 0600"
+fi
 
 if ! mkdir -p "$data_dir" "$config_dir" 2>/dev/null || [[ ! -w $data_dir || ! -w $config_dir ]]; then
   fail "cannot write $data_dir and $config_dir as uid $(id -u): a host directory mounted at" \
@@ -60,11 +85,23 @@ properties=$config_dir/server.properties
   echo "process.roles=broker,controller"
   echo "node.id=$node_id"
   echo "controller.quorum.voters=$node_id@127.0.0.1:$controller_port"
-  echo "listeners=PLAINTEXT://0.0.0.0:$port,CONTROLLER://127.0.0.1:$controller_port"
-  echo "advertised.listeners=$advertised"
-  echo "inter.broker.listener.name=PLAINTEXT"
   echo "controller.listener.names=CONTROLLER"
-  echo "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT"
+  if [[ $protocol == SASL_SSL ]]; then
+    echo "listeners=SASL_SSL://0.0.0.0:$port,INTERNAL://127.0.0.1:$internal_port,CONTROLLER://127.0.0.1:$controller_port"
+    echo "advertised.listeners=$advertised,INTERNAL://127.0.0.1:$internal_port"
+    echo "inter.broker.listener.name=INTERNAL"
+    echo "listener.security.protocol.map=CONTROLLER:PLAINTEXT,INTERNAL:PLAINTEXT,SASL_SSL:SASL_SSL"
+    echo "sasl.enabled.mechanisms=SCRAM-SHA-512"
+    echo "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;"
+    echo "ssl.keystore.type=PEM"
+    echo "ssl.keystore.location=$KAFKA_KEYSTORE_FILE"
+    echo "ssl.client.auth=none"
+  else
+    echo "listeners=PLAINTEXT://0.0.0.0:$port,CONTROLLER://127.0.0.1:$controller_port"
+    echo "advertised.listeners=$advertised"
+    echo "inter.broker.listener.name=PLAINTEXT"
+    echo "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT"
+  fi
   echo "log.dirs=$data_dir"
   echo "num.partitions=${KAFKA_NUM_PARTITIONS:-${TOPIC_PARTITIONS:-3}}"
   # One broker holds one replica of everything.
@@ -107,6 +144,39 @@ if [[ ! -f $data_dir/meta.properties ]]; then
   echo "kafka-entrypoint: formatting $data_dir (first start, cluster id $cluster_id)"
   java "${java_opts[@]}" -cp "$classpath" kafka.tools.StorageTool \
     format -t "$cluster_id" -c "$properties"
+fi
+
+# The health check passes only once the clients' login exists (appliance-healthcheck).
+login_ready=$config_dir/login.ready
+rm -f "$login_ready"
+if [[ $protocol == SASL_SSL ]]; then
+  add_login() {
+    local secret=$config_dir/scram.properties
+    until (exec 3<>"/dev/tcp/127.0.0.1/$internal_port") 2>/dev/null; do sleep 1; done
+    for _attempt in 1 2 3 4 5 6 7 8 9 10; do
+      # From a 0600 file, removed after: the password never shows in a command line.
+      (umask 077 && printf 'SCRAM-SHA-512=iterations=8192,password=%s\n' "$KAFKA_PASSWORD" >"$secret")
+      if java -Xmx128m -cp "$classpath" "-Dlog4j.configuration=file:$KAFKA_HOME/config/log4j.properties" \
+        kafka.admin.ConfigCommand --bootstrap-server "127.0.0.1:$internal_port" --alter \
+        --entity-type users --entity-name "$KAFKA_USERNAME" --add-config-file "$secret" \
+        >"$config_dir/login.log" 2>&1; then
+        rm -f "$secret" "$config_dir/login.log"
+        echo "$KAFKA_USERNAME" >"$login_ready"
+        echo "kafka-entrypoint: SCRAM-SHA-512 login for $KAFKA_USERNAME is set"
+        return 0
+      fi
+      rm -f "$secret"
+      sleep 3
+    done
+    # ConfigCommand quotes the offending line, password and all: never print it.
+    local output
+    output=$(tail -n 5 "$config_dir/login.log")
+    echo "kafka-entrypoint: adding the login for $KAFKA_USERNAME failed: ${output//"$KAFKA_PASSWORD"/****}" >&2
+    return 1
+  }
+  add_login &
+else
+  echo "-" >"$login_ready"
 fi
 
 echo "kafka-entrypoint: Kafka broker (KRaft, node $node_id) on :$port, advertised as $advertised"

@@ -3,7 +3,8 @@
 500 images go through the containerised pipeline (cameras -> Kafka -> both consumers -> MongoDB,
 labelled through the ml-server container); both consumers' containers are killed (`docker kill`)
 mid-run and started again; every image must still be stored and labelled exactly once, with no
-dead letters and no consumer lag left.
+dead letters and no consumer lag left. The stack runs as `appliance stack env` makes it: MongoDB
+with a login, Kafka's clients on SASL_SSL; neighbours without the logins are refused.
 
 Needs a Docker engine (skipped, saying so, when none answers) and the images (`make
 e2e-containers` builds them, then runs this). Environment: APPLIANCE_E2E_TAG (image tag, default
@@ -23,9 +24,9 @@ from pathlib import Path
 import pytest
 
 from appliance import __version__, model
-from appliance.cloud import credentials
+from appliance.cloud import credentials, pki
 from appliance.ops import stack as st
-from tests import mongodb_probe
+from tests import kafka_probe, mongodb_probe
 
 ROOT = Path(__file__).resolve().parents[2]
 COUNT = 500
@@ -47,8 +48,9 @@ def say(message: str) -> None:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[st.Stack]:
     env_file = tmp_path_factory.mktemp("stack") / "appliance.env"
     # One server worker: half the model loading on a small CI machine; batching is unchanged.
-    # MongoDB with a user and password, as by default (`appliance stack env`).
-    settings = {**st.local_settings(credentials.new()), "SERVER_WORKERS": "1"}
+    # MongoDB with a user and password, Kafka over SASL_SSL, as by default (`appliance stack env`).
+    login = st.kafka_login.load_or_create(st.kafka_login.folder_for(env_file))
+    settings = {**st.local_settings(credentials.new(), login), "SERVER_WORKERS": "1"}
     st.write_env(ROOT / "images" / "appliance.env.example", env_file, settings)
     stack = st.Stack(
         project=os.environ.get("APPLIANCE_E2E_PROJECT", "appliance-e2e"),
@@ -161,3 +163,21 @@ def test_mongodb_refuses_a_client_without_the_right_password(stack: st.Stack) ->
     script = mongodb_probe.refusal_script("mongodb")
     out = docker(stack, "exec", stack.container("consume-db"), "python", "-c", script)
     assert out.splitlines() == mongodb_probe.EXPECTED
+
+
+def test_kafka_refuses_a_client_without_the_stacks_login(stack: st.Stack) -> None:
+    """From a container on the stack's network: only the stack's login, over TLS verified
+    against the stack's CA, gets a message acknowledged."""
+    other_ca = pki.new_authority("another deployment's CA").cert_pem.decode()
+    script = kafka_probe.refusal_script(other_ca, "e2e-login-probe")
+    result = st.docker(stack, "exec", stack.container("consume-db"), "python", "-c", script)
+    say(f"kafka login probe: {result.stderr.strip()!r}")
+    assert result.stdout.splitlines() == kafka_probe.EXPECTED
+
+
+def test_no_secret_shows_in_a_process_list(stack: st.Stack) -> None:
+    values = st.load_env(stack.env_file)
+    secrets = [values["KAFKA_PASSWORD"], values["MONGO_INITDB_ROOT_PASSWORD"]]
+    for service in st.SERVICES:
+        listing = docker(stack, "top", stack.container(service.role), "-eo", "pid,args")
+        assert listing and not any(s in listing for s in secrets), service.role

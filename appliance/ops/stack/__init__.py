@@ -15,6 +15,7 @@ patch it in the module that uses it (``lifecycle.docker``), not here.
 """
 
 from appliance.ops.counts import Counts
+from appliance.ops.stack import kafka_login
 from appliance.ops.stack.cli import add_arguments, run
 from appliance.ops.stack.docker_cli import (
     container_image_id,
@@ -31,6 +32,7 @@ from appliance.ops.stack.lifecycle import (
     down,
     producer_options,
     run_arguments,
+    secret_mounts,
     start_producer,
     start_service,
     statuses,
@@ -96,6 +98,7 @@ __all__ = [
     "engine_problem",
     "image_id",
     "inspect_container",
+    "kafka_login",
     "load_env",
     "local_settings",
     "logs_tail",
@@ -105,6 +108,7 @@ __all__ = [
     "render_env",
     "run",
     "run_arguments",
+    "secret_mounts",
     "start_producer",
     "start_service",
     "statuses",

@@ -13,6 +13,7 @@ from appliance import __version__
 from appliance.cloud import credentials
 from appliance.config import ConfigError, Settings
 from appliance.ops.counts import measure
+from appliance.ops.stack import kafka_login
 from appliance.ops.stack.docker_cli import engine_problem
 from appliance.ops.stack.envfile import write_env
 from appliance.ops.stack.lifecycle import counts, down, statuses, up
@@ -108,6 +109,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"MongoDB without authentication (default: a user and password kept in "
         f"{CREDENTIALS_NAME} beside --out, made if missing)",
     )
+    env_p.add_argument(
+        "--no-kafka-sasl",
+        action="store_true",
+        help="Kafka clients in PLAINTEXT (default: SASL_SSL with a login, a CA and the broker's "
+        "certificate kept in tls/ beside --out, made if missing)",
+    )
 
     counts_p = sub.add_parser(
         "counts", help="measure the counts from here (run inside a container of the stack)"
@@ -156,7 +163,10 @@ def _env(args: argparse.Namespace) -> int:
     creds = None
     if not args.no_mongodb_auth:
         creds = credentials.load_or_create(args.out.with_name(CREDENTIALS_NAME))
-    overrides = local_settings(creds)
+    kafka = None
+    if not args.no_kafka_sasl:
+        kafka = kafka_login.load_or_create(kafka_login.folder_for(args.out))
+    overrides = local_settings(creds, kafka)
     for item in args.set:
         name, sep, value = item.partition("=")
         if not sep or not ENV_LINE.match(name):
@@ -167,7 +177,8 @@ def _env(args: argparse.Namespace) -> int:
     auth = (
         f"MongoDB login in {args.out.with_name(CREDENTIALS_NAME)}" if creds else "no MongoDB auth"
     )
-    print(f"wrote {path} (peers: {peers}; {auth})")
+    sasl = f"Kafka SASL_SSL, login in {kafka.folder}" if kafka else "Kafka in PLAINTEXT"
+    print(f"wrote {path} (peers: {peers}; {auth}; {sasl})")
     return 0
 
 

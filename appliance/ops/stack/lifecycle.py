@@ -12,7 +12,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
 
+from appliance.config import ConfigError
 from appliance.ops.counts import Counts
+from appliance.ops.stack import kafka_login
 from appliance.ops.stack.docker_cli import (
     container_image_id,
     docker,
@@ -187,8 +189,17 @@ def start_producer(
 ) -> None:
     """(Re)start the cameras: always a fresh container, since each run is a new job."""
     env, mounts = producer_options(source, count, rate, devices)
+    mounts += secret_mounts(stack, PRODUCER.role)
     _ensure_network_and_volumes(stack, [PRODUCER])
     start_service(stack, PRODUCER, out, env, mounts, replace=True)
+
+
+def secret_mounts(stack: Stack, role: str) -> list[str]:
+    """The Kafka TLS files this role's container needs (none unless the env file says SASL_SSL)."""
+    try:
+        return kafka_login.mounts(load_env(stack.env_file), stack.env_file, role)
+    except ConfigError as exc:
+        raise StackError(str(exc)) from None
 
 
 def up(
@@ -222,11 +233,11 @@ def up(
     _ensure_network_and_volumes(stack, SERVICES)
     by_role = {service.role: service for service in SERVICES}
     for role in (*INFRASTRUCTURE, "ml-server"):
-        start_service(stack, by_role[role], out)
+        start_service(stack, by_role[role], out, mounts=secret_mounts(stack, role))
     # The consumers exit (and are restarted) while Kafka is away: start them once it answers.
     wait_healthy(stack, INFRASTRUCTURE, timeout_s, out)
     for role in CONSUMERS:
-        start_service(stack, by_role[role], out)
+        start_service(stack, by_role[role], out, mounts=secret_mounts(stack, role))
     wait_healthy(stack, [service.role for service in SERVICES], timeout_s, out)
     print(
         f"stack {stack.project}: healthy in {time.monotonic() - began:.0f}s", file=out, flush=True

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from appliance import __version__
 from appliance.cloud import credentials, topology
+from appliance.ops.stack import kafka_login
 
 DEFAULT_PROJECT = "appliance"
 DEFAULT_IMAGE_PREFIX = "appliance"
@@ -36,11 +37,16 @@ REQUIRED_SETTINGS = ("KAFKA_BOOTSTRAP_SERVERS", "MONGODB_URI", "INFERENCE_URL")
 CREDENTIALS_NAME = "credentials.env"
 
 
-def local_settings(creds: credentials.Credentials | None) -> dict[str, str]:
+def local_settings(
+    creds: credentials.Credentials | None, kafka: kafka_login.KafkaLogin | None = None
+) -> dict[str, str]:
     """LOCAL_PEERS, and with ``creds`` MongoDB's first user (the official image's variables,
-    which the ferretdb flavor reads too) and the clients' login in MONGODB_URI. One env file
-    serves every container of the stack."""
+    which the ferretdb flavor reads too) and the clients' login in MONGODB_URI; with ``kafka``
+    the broker's SASL_SSL listener and its clients' login. One env file serves every container
+    of the stack."""
     settings = dict(LOCAL_PEERS)
+    if kafka is not None:
+        settings.update(kafka_login.settings(kafka))
     if creds is not None:
         user, password = creds.mongodb_user, creds.mongodb_password
         settings["MONGO_INITDB_ROOT_USERNAME"] = user
