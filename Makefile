@@ -15,7 +15,7 @@ TRAIN_ARGS ?= --stem stock --epochs 12 --warmup-epochs 0.5 --schedule linear --g
 
 .DEFAULT_GOAL := help
 .PHONY: help venv run test test-unit test-gpu-path soak lint services services-stop services-status model \
-	gpu-bundle gpu-import evaluate bench-serve bench-pipeline bench-producer clean
+	gpu-bundle gpu-import evaluate bench-serve bench-pipeline bench-producer bench-runtimes clean
 
 help: ## List the targets.
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -24,7 +24,7 @@ venv: $(BIN)/.installed ## Create .venv with the pinned packages.
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[server,dev,cloud]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[server,dev,cloud,runtimes]'
 	touch $@
 
 run: venv ## Run the whole pipeline locally (services, server, consumers, cameras) and print the counts.
@@ -73,6 +73,9 @@ bench-serve: venv ## Benchmark: in-process model vs the server vs a naive server
 
 bench-pipeline: venv ## Benchmark: the whole pipeline in rising open-loop steps; table, JSON, plots in build/bench.
 	$(BIN)/appliance bench pipeline --source $(SOURCE)
+
+bench-runtimes: venv ## Benchmark: the served model under TensorFlow, ONNX Runtime, OpenVINO fp32/bf16/int8; build/bench/runtimes.
+	$(BIN)/appliance bench runtimes --model $(MODEL) --data $(SOURCE)
 
 bench-producer: venv ## Benchmark: the cameras' producer against kafka-producer-perf-test, same broker and record size.
 	$(BIN)/appliance bench producer --source $(SOURCE)

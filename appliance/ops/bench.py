@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from appliance.ops import pipeline_bench, producer_bench, serve_bench, storage_bench
+from appliance.ops import pipeline_bench, producer_bench, runtime_bench, serve_bench, storage_bench
 
 BENCHMARKS = {
     "serve": serve_bench,
     "storage": storage_bench,
     "pipeline": pipeline_bench,
     "producer": producer_bench,
+    "runtimes": runtime_bench,
 }
 
 

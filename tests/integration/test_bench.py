@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -86,3 +87,25 @@ def test_bench_producer_compares_with_kafkas_perf_test(
     assert tool and ours and ratio, done.stdout
     assert int(tool[1]) > 0 and int(ours[1]) > 0
     assert abs(float(ratio[1]) - int(ours[1]) / int(tool[1])) < 0.02
+
+
+def test_bench_runtimes_compares_every_runtime_on_the_same_images(
+    model_path: Path, shared_archive: Path, tmp_path: Path
+) -> None:
+    argv = [sys.executable, "-m", "appliance", "bench", "runtimes", "--model", str(model_path),
+            "--data", str(shared_archive), "--test-limit", "40", "--calibration-images", "8",
+            "--batches", "1", "4", "--seconds", "0.2", "--out", str(tmp_path / "out")]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads((tmp_path / "out" / "runtimes.json").read_text())
+    rows = {row["runtime"]: row for row in report["rows"]}
+    assert list(rows) == ["tensorflow", "onnxruntime", "openvino-fp32", "openvino-bf16",
+                          "openvino-int8"]  # fmt: skip
+    assert report["test_images"] == 40 and report["calibration_images"] == 8
+    for name, row in rows.items():
+        assert all(v > 0 for v in row["img_per_s"].values()), name
+        assert re.search(rf"^\| {name} \| [\d.]+ \| [\d.]+ \| [\d.]+x \|", done.stdout, re.M)
+    # The float32 runtimes compute the same function: the same label for every image.
+    for name in ("tensorflow", "onnxruntime", "openvino-fp32"):
+        assert rows[name]["agrees_with_tensorflow"] == 1.0, name
+    assert (tmp_path / "out" / "model.onnx").stat().st_size > 40_000_000
