@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from appliance.server.backends import BACKENDS
 from appliance.server.process import ServerProcess, default_workers
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,12 @@ def add_arguments(sub: Any) -> None:
     add("--rounds", type=int, default=3, help="turns taken by the in-process and server phases")
     add("--warmup", type=float, default=2.0, help="unmeasured seconds before measuring")
     add("--workers", type=int, help="Gunicorn workers (default: the server's, one per core)")
+    add(
+        "--backend",
+        choices=BACKENDS,
+        default="tensorflow",
+        help="what runs the model in-process and in the server (the naive phase: Keras)",
+    )
     add("--naive-workers", type=int, help="naive server's workers (default: the same)")
     add("--threads", type=int, help="threads per worker (default: max(clients, batch))")
     add("--max-batch-wait-ms", type=float, default=5.0, help="server batch wait")
@@ -116,7 +123,7 @@ def _compare(
 ) -> tuple[Result, Result]:
     """Phases 1 and 2, taking turns."""
     with _Server("server", model_path, args, tmp, threads, workers) as server:
-        model = _InProcess(model_path, args.batch)
+        model = _InProcess(model_path, args.batch, args.backend)
         clients = _Clients(server.port, bodies, args.clients)
         loads: dict[str, _Load] = {"in-process": model, "server": clients}
         try:
@@ -132,7 +139,7 @@ def _compare(
                 load.finish()
             clients.join(10.0)
     in_process = Result(rates["in-process"])
-    _report("in-process", f"batch {args.batch}, compiled model call", in_process)
+    _report("in-process", f"batch {args.batch}, {args.backend} model call", in_process)
     result = Result(rates["server"], errors=clients.errors(), mean_batch=mean_batch)
     setup = f"{workers} workers x {threads} threads, max batch {args.batch}"
     _report("server", f"HTTP /predict, {args.clients} clients, {setup}", result)
@@ -253,13 +260,14 @@ class _Load:
 class _InProcess(_Load):
     """The server's compiled model call, at batch B, in this process."""
 
-    def __init__(self, model_path: str, batch: int) -> None:
+    def __init__(self, model_path: str, batch: int, backend: str = "tensorflow") -> None:
         from appliance import model as model_module
-        from appliance.server.app import compiled_call
+        from appliance.server.backends import model_call
 
         super().__init__(1)
         loaded = model_module.load(model_path)
-        self.call = compiled_call(loaded)  # the very function the server's batcher calls
+        # The very function the server's batcher calls, on the same backend.
+        self.call = model_call(backend, loaded, threads=0)
         size = loaded.input_size
         self.batch = np.random.default_rng(0).integers(0, 256, (batch, size, size, 3), np.uint8)
         self.call(self.batch)  # trace outside the measurement
@@ -356,6 +364,7 @@ class _Server(ServerProcess):
             "MAX_BATCH_SIZE": str(args.batch),
             "MAX_BATCH_WAIT_MS": str(args.max_batch_wait_ms),
             "INFERENCE_MODE": "naive" if name == "naive" else "batched",
+            "BACKEND": args.backend,
             "PROMETHEUS_MULTIPROC_DIR": str(tmp / f"prometheus-{name}"),
             "LOG_LEVEL": "warning",
         }

@@ -14,7 +14,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -27,11 +27,13 @@ from werkzeug.exceptions import HTTPException
 from appliance.config import ConfigError, Settings
 from appliance.imaging import ImageError, image_to_input
 from appliance.server import metrics
+from appliance.server.backends import BACKENDS, model_call
 from appliance.server.batcher import MicroBatcher
 
 log = logging.getLogger(__name__)
 
 INFERENCE_MODES = ("batched", "naive")
+# BACKEND: what runs the batched model calls (appliance.server.backends).
 _DEFAULTS = Settings()
 
 
@@ -48,6 +50,7 @@ class ServerSettings:
     max_batch_images: int = 256  # MAX_BATCH_IMAGES: images in one /predict/batch request
     inference_mode: str = "batched"  # INFERENCE_MODE: "batched", or "naive" (benchmark baseline)
     request_timeout_s: float = 60.0  # REQUEST_TIMEOUT_S: longest wait for the model
+    backend: str = "tensorflow"  # BACKEND: tensorflow (the reference) or openvino
     # MODEL_THREADS: TensorFlow threads per worker; 0 leaves TensorFlow's default (all cores).
     # The Gunicorn config sets it to cores // workers, see there why.
     model_threads: int = 0
@@ -65,6 +68,7 @@ class ServerSettings:
             ("max_image_pixels", int),
             ("max_batch_images", int),
             ("inference_mode", str),
+            ("backend", str),
             ("request_timeout_s", float),
             ("model_threads", int),
         ):
@@ -76,6 +80,10 @@ class ServerSettings:
             raise ConfigError(
                 f"INFERENCE_MODE must be one of {', '.join(INFERENCE_MODES)}, "
                 f"got {settings.inference_mode!r}"
+            )
+        if settings.backend not in BACKENDS:
+            raise ConfigError(
+                f"BACKEND must be one of {', '.join(BACKENDS)}, got {settings.backend!r}"
             )
         return settings
 
@@ -131,7 +139,7 @@ class Inference:
             _set_threads(self.settings.model_threads)
             loaded = model_module.load(path)
             if self.settings.inference_mode == "batched":
-                call = compiled_call(loaded)
+                call = model_call(self.settings.backend, loaded, self.settings.model_threads)
                 # Trace and run once now, so the first request does not pay for it.
                 size = loaded.input_size
                 for n in sorted({1, self.settings.max_batch_size}):
@@ -156,12 +164,14 @@ class Inference:
         self.state = "ok"
         metrics.WORKERS_READY.set(1)
         log.info(
-            "model %s loaded from %s in %.1fs (pid %d, %s inference, max batch %d, wait %g ms)",
+            "model %s loaded from %s in %.1fs (pid %d, %s inference on %s, max batch %d, "
+            "wait %g ms)",
             loaded.model_id,
             path,
             time.monotonic() - started,
             os.getpid(),
             self.settings.inference_mode,
+            self.settings.backend,
             self.settings.max_batch_size,
             self.settings.max_batch_wait_ms,
         )
@@ -218,27 +228,6 @@ def _set_threads(count: int) -> None:
         tf.config.threading.set_inter_op_parallelism_threads(count)
     except RuntimeError as exc:  # TensorFlow already ran in this process: keep its pools
         log.warning("MODEL_THREADS=%d not applied: %s", count, exc)
-
-
-def compiled_call(loaded: Any) -> Callable[[np.ndarray], np.ndarray]:
-    """The model's direct call as one TensorFlow graph.
-
-    Calling the Keras model eagerly dispatches ~170 layers from Python on every call, which costs
-    more than the arithmetic at the batch sizes a server sees; the traced graph measured 15x
-    faster here at batch 1 and 4.6x at batch 64, with identical outputs. The batch dimension is
-    left unknown in the signature, so every batch size reuses one trace: no padding, no retracing.
-    """
-    import tensorflow as tf
-
-    size = loaded.input_size
-    model = loaded.model
-    spec = tf.TensorSpec([None, size, size, 3], tf.uint8, name="images")
-
-    @tf.function(input_signature=[spec])
-    def call(images: tf.Tensor) -> tf.Tensor:
-        return model(images, training=False)
-
-    return lambda batch: call(batch).numpy()
 
 
 def _observe_batch(size: int, seconds: float) -> None:

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from appliance.config import ConfigError
+from appliance.server.backends import BACKENDS
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ OPTION_ENV: dict[str, str] = {
     "max_batch_images": "MAX_BATCH_IMAGES",
     "model_threads": "MODEL_THREADS",
     "inference_mode": "INFERENCE_MODE",
+    "backend": "BACKEND",
 }
 
 
@@ -69,6 +71,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--inference-mode",
         choices=("batched", "naive"),
         help="naive: Keras predict() per request, a benchmark baseline [INFERENCE_MODE]",
+    )
+    add(
+        "--backend",
+        choices=BACKENDS,
+        help="what runs the model: tensorflow (default, the reference) or openvino (the same "
+        "weights compiled for this CPU; needs the runtimes extra) [BACKEND]",
     )
 
 

@@ -224,6 +224,18 @@ def test_serve_refuses_a_malformed_setting_naming_it(model_path: Path, tmp_path:
     assert "MAX_BATCH_SIZE must be a number, got 'lots'" in server.log()
 
 
+def served_labels(server: Server, samples: list, class_names: list[str]) -> list[int]:
+    """Each sample's label index as the server gives it, sent with its ground truth."""
+    served = []
+    for start in range(0, len(samples), 4):  # the fixtures' MAX_BATCH_IMAGES
+        images = [base64.b64encode(s.image).decode() for s in samples[start : start + 4]]
+        truths = [s.label for s in samples[start : start + 4]]
+        response = server.post("/predict/batch", {"images": images, "ground_truth": truths})
+        assert response.status_code == 200, response.text
+        served += [class_names.index(p["label"]) for p in response.json()["predictions"]]
+    return served
+
+
 def test_served_labels_are_the_artifacts_own_and_as_accurate(
     ml_server: Server, model_path: Path, cifar_test_samples: list
 ) -> None:
@@ -234,14 +246,8 @@ def test_served_labels_are_the_artifacts_own_and_as_accurate(
     chosen = balanced_order(truth, seed=0)[:1000]
     samples = [cifar_test_samples[i] for i in chosen]
     local = predict(loaded.model, decode_samples(samples, loaded.input_size)).argmax(axis=1)
-    served = []
     before = ml_server.get("/metrics").text
-    for start in range(0, len(samples), 4):  # the fixture's MAX_BATCH_IMAGES
-        images = [base64.b64encode(s.image).decode() for s in samples[start : start + 4]]
-        truths = [s.label for s in samples[start : start + 4]]
-        response = ml_server.post("/predict/batch", {"images": images, "ground_truth": truths})
-        assert response.status_code == 200, response.text
-        served += [loaded.class_names.index(p["label"]) for p in response.json()["predictions"]]
+    served = served_labels(ml_server, samples, loaded.class_names)
     agree = np.mean(np.array(served) == local)
     accuracy = np.mean(np.array(served) == truth[chosen])
     print(f"served {loaded.model_id}: agrees with in-process on {100 * agree:.1f}%, "
@@ -261,3 +267,36 @@ def test_served_labels_are_the_artifacts_own_and_as_accurate(
     if loaded.metadata.extra.get("trained") and recorded is not None:
         # A 1,000-image subset of a ~60-90% model: a standard error of about 1.5 points.
         assert abs(accuracy - recorded) <= 0.05, (accuracy, recorded)
+
+
+def test_the_openvino_backend_labels_as_tensorflow_does(
+    model_path: Path, cifar_test_samples: list, tmp_path: Path
+) -> None:
+    """The same artifact served by OpenVINO: the same model id, and TensorFlow's in-process label
+    for at least 99% of 1,000 test images (bfloat16 on a CPU with AMX, float32 elsewhere)."""
+    loaded = model.load(model_path)
+    truth = label_indices(cifar_test_samples, loaded.class_names)
+    chosen = balanced_order(truth, seed=1)[:1000]
+    samples = [cifar_test_samples[i] for i in chosen]
+    local = predict(loaded.model, decode_samples(samples, loaded.input_size)).argmax(axis=1)
+    server = start_server(model_path, tmp_path / "server.log", "--backend", "openvino",
+                          "--max-batch-size", "8")  # fmt: skip
+    try:
+        server.wait_ready()
+        assert server.get("/healthz").json()["model"] == loaded.model_id
+        served = np.array(served_labels(server, samples, loaded.class_names))
+    finally:
+        server.stop()
+    agree, accuracy = np.mean(served == local), np.mean(served == truth[chosen])
+    print(
+        f"openvino served {loaded.model_id}: agrees with TensorFlow in-process on "
+        f"{100 * agree:.1f}%, top-1 {100 * accuracy:.1f}% of {len(samples)} test images"
+    )
+    assert agree >= 0.99
+    assert "inference on openvino" in server.log() and "OpenVINO" in server.log()
+
+
+def test_an_unknown_backend_is_named(model_path: Path, tmp_path: Path) -> None:
+    server = start_server(model_path, tmp_path / "server.log", BACKEND="tensorrt")
+    assert server.proc.wait(60) == 2
+    assert "BACKEND must be one of tensorflow, openvino, got 'tensorrt'" in server.log()
