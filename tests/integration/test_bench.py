@@ -86,7 +86,11 @@ def test_bench_producer_compares_with_kafkas_perf_test(
     ratio = re.search(r"^producer / perf-test: ([\d.]+)", done.stdout, re.M)
     assert tool and ours and ratio, done.stdout
     assert int(tool[1]) > 0 and int(ours[1]) > 0
-    assert abs(float(ratio[1]) - int(ours[1]) / int(tool[1])) < 0.02
+    # The printed ratio is of the unrounded rates: within what rounding each to an integer allows
+    # (the 2-decimal ratio itself rounds by 0.005).
+    low = (int(ours[1]) - 0.5) / (int(tool[1]) + 0.5) - 0.005
+    high = (int(ours[1]) + 0.5) / (int(tool[1]) - 0.5) + 0.005
+    assert low <= float(ratio[1]) <= high, (ratio[0], ours[0], tool[0])
 
 
 def test_bench_runtimes_compares_every_runtime_on_the_same_images(
