@@ -14,7 +14,7 @@ MODEL ?= images/ml-server/model/resnet50.npz
 TRAIN_ARGS ?= --stem stock --epochs 12 --warmup-epochs 0.5 --schedule linear --go-no-go 3:0.4
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test test-unit test-gpu-path soak lint services services-stop services-status model \
+.PHONY: help venv run test test-unit test-gpu-path soak lint services services-stop services-status model model-stride1 \
 	gpu-bundle gpu-import evaluate bench-serve bench-pipeline bench-producer bench-runtimes clean
 
 help: ## List the targets.
@@ -57,6 +57,13 @@ services-status: venv ## Show whether they are running and healthy.
 
 model: venv ## Train the ResNet50 on CIFAR-10 into build/model/ (TRAIN_ARGS; resumes if interrupted).
 	$(BIN)/appliance train --data $(SOURCE) --out build/model/resnet50.keras $(TRAIN_ARGS)
+
+# The shipped model's second stage: the stride1 stem (16x16 into the first stage) trained on from
+# the first stage's stock-stem weights (same shapes), 6 epochs.
+STAGE1 ?= build/model/resnet50.keras
+STRIDE1_ARGS ?= --stem stride1 --epochs 6 --warmup-epochs 0.3 --schedule linear --lr 0.08 --go-no-go 2:0.6
+model-stride1: venv ## Stage 2 of the shipped model: the stride1 stem from STAGE1 (make model) into build/model-stride1/.
+	$(BIN)/appliance train --data $(SOURCE) --out build/model-stride1/resnet50.keras --init-from $(STAGE1) $(STRIDE1_ARGS)
 
 gpu-bundle: venv ## Pinned Keras wheels + the CIFAR-10 archive for a GPU run, in build/gpu-bundle (carry it).
 	$(BIN)/python -m appliance.ml.gpu_bundle
