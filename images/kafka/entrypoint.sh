@@ -171,6 +171,7 @@ if [[ $protocol == SASL_SSL ]]; then
     # ConfigCommand quotes the offending line, password and all: never print it.
     local output
     output=$(tail -n 5 "$config_dir/login.log")
+    rm -f "$config_dir/login.log"  # it quotes the password too: not left on the volume
     echo "kafka-entrypoint: adding the login for $KAFKA_USERNAME failed: ${output//"$KAFKA_PASSWORD"/****}" >&2
     return 1
   }
