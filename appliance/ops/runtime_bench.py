@@ -50,14 +50,6 @@ def add_arguments(sub: Any) -> None:
     add("--out", type=Path, default=DEFAULT_OUT, help="folder for the ONNX file and the JSON")
 
 
-def _tensorflow(net) -> Predict:
-    import tensorflow as tf
-
-    spec = tf.TensorSpec([None, *net.input_shape[1:]], tf.uint8)
-    call = tf.function(lambda x: net(x, training=False), input_signature=[spec])
-    return lambda x: call(x).numpy()
-
-
 def _onnxruntime(path: Path, threads: int) -> Predict:
     import onnxruntime as ort
 
@@ -65,17 +57,6 @@ def _onnxruntime(path: Path, threads: int) -> Predict:
     options.intra_op_num_threads = threads
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     return lambda x: session.run(None, {"image": x})[0]
-
-
-def _openvino(ov_model, threads: int, precision: str) -> Predict:
-    import openvino as ov
-
-    config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
-    if precision:
-        config["INFERENCE_PRECISION_HINT"] = precision
-    compiled = ov.Core().compile_model(ov_model, "CPU", config)
-    request = compiled.create_infer_request()
-    return lambda x: request.infer({0: x})[0].copy()
 
 
 def _quantized(onnx_path: Path, calibration: np.ndarray):
@@ -110,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
     from appliance import datasets, model
     from appliance.evaluate import balanced_order, decode_samples, label_indices
     from appliance.ml import onnx_export
+    from appliance.server.backends import openvino_compiled, tensorflow_call
 
     path = args.model or str(model.shipped_path())
     loaded = model.load(path)
@@ -127,11 +109,14 @@ def run(args: argparse.Namespace) -> int:
     onnx_path = onnx_export.export(net, args.out / "model.onnx")
 
     builders: dict[str, Callable[[], Predict]] = {
-        "tensorflow": lambda: _tensorflow(net),
+        # The very calls the server makes on each backend.
+        "tensorflow": lambda: tensorflow_call(loaded),
         "onnxruntime": lambda: _onnxruntime(onnx_path, args.threads),
-        "openvino-fp32": lambda: _openvino(str(onnx_path), args.threads, "f32"),
-        "openvino-bf16": lambda: _openvino(str(onnx_path), args.threads, "bf16"),
-        "openvino-int8": lambda: _openvino(_quantized(onnx_path, calibration), args.threads, "f32"),
+        "openvino-fp32": lambda: openvino_compiled(str(onnx_path), args.threads, "f32"),
+        "openvino-bf16": lambda: openvino_compiled(str(onnx_path), args.threads, "bf16"),
+        "openvino-int8": lambda: openvino_compiled(
+            _quantized(onnx_path, calibration), args.threads, "f32"
+        ),
     }
     chosen = args.runtimes or list(builders)
     unknown = [name for name in chosen if name not in builders]
@@ -148,7 +133,9 @@ def run(args: argparse.Namespace) -> int:
             row.img_per_s[batch] = throughput(predict, images, batch, args.seconds)
         predicted = labels(predict, images)
         if reference is None:
-            reference = labels(_tensorflow(net), images) if name != "tensorflow" else predicted
+            reference = (
+                predicted if name == "tensorflow" else labels(tensorflow_call(loaded), images)
+            )
         row.top1 = float((predicted == truth).mean())
         row.agrees_with_tensorflow = float((predicted == reference).mean())
         log.info("%s: %s", name, row)

@@ -43,20 +43,18 @@ def tensorflow_call(loaded: Any) -> Call:
     return lambda batch: call(batch).numpy()
 
 
-def openvino_call(loaded: Any, threads: int) -> Call:
-    """The same weights compiled by OpenVINO; one infer request (the batcher calls from one
-    thread)."""
+def openvino_compiled(model: Any, threads: int, precision: str = "") -> Call:
+    """An OpenVINO model (or the path of an ONNX file) compiled for this CPU; one infer request
+    (the batcher calls from one thread). ``precision`` pins the inference precision (f32, bf16);
+    empty keeps OpenVINO's default for the CPU."""
     import openvino as ov
 
-    from appliance.ml import onnx_export
-
-    with tempfile.TemporaryDirectory(prefix="appliance-openvino-") as folder:
-        path = onnx_export.export(loaded.model, Path(folder) / "model.onnx")
-        core = ov.Core()
-        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
-        if threads > 0:
-            config["INFERENCE_NUM_THREADS"] = threads
-        compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+    if threads > 0:
+        config["INFERENCE_NUM_THREADS"] = threads
+    if precision:
+        config["INFERENCE_PRECISION_HINT"] = precision
+    compiled = ov.Core().compile_model(model, "CPU", config)
     log.info(
         "OpenVINO %s: %s precision, %s threads",
         ov.__version__.split("-")[0],
@@ -65,6 +63,15 @@ def openvino_call(loaded: Any, threads: int) -> Call:
     )
     request = compiled.create_infer_request()
     return lambda batch: request.infer({0: np.ascontiguousarray(batch)})[0].copy()
+
+
+def openvino_call(loaded: Any, threads: int) -> Call:
+    """The same weights, through the ONNX graph written from them, compiled by OpenVINO."""
+    from appliance.ml import onnx_export
+
+    with tempfile.TemporaryDirectory(prefix="appliance-openvino-") as folder:
+        path = onnx_export.export(loaded.model, Path(folder) / "model.onnx")
+        return openvino_compiled(str(path), threads)
 
 
 def model_call(backend: str, loaded: Any, threads: int) -> Call:

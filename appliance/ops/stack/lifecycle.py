@@ -194,10 +194,12 @@ def start_producer(
     start_service(stack, PRODUCER, out, env, mounts, replace=True)
 
 
-def secret_mounts(stack: Stack, role: str) -> list[str]:
-    """The Kafka TLS files this role's container needs (none unless the env file says SASL_SSL)."""
+def secret_mounts(stack: Stack, role: str, env: Mapping[str, str] | None = None) -> list[str]:
+    """The Kafka TLS files this role's container needs (none unless the env file says SASL_SSL);
+    ``env``: the env file's values, when the caller has read them already."""
     try:
-        return kafka_login.mounts(load_env(stack.env_file), stack.env_file, role)
+        env = load_env(stack.env_file) if env is None else env
+        return kafka_login.mounts(env, stack.env_file, role)
     except ConfigError as exc:
         raise StackError(str(exc)) from None
 
@@ -222,7 +224,7 @@ def up(
     missing = missing_images(stack)
     if missing:
         raise StackError(f"images missing: {', '.join(missing)}; build them with `make containers`")
-    load_env(stack.env_file)
+    env = load_env(stack.env_file)
     began = time.monotonic()
     print(
         f"stack {stack.project}: images :{stack.tag}, env file {stack.env_file}, "
@@ -233,11 +235,11 @@ def up(
     _ensure_network_and_volumes(stack, SERVICES)
     by_role = {service.role: service for service in SERVICES}
     for role in (*INFRASTRUCTURE, "ml-server"):
-        start_service(stack, by_role[role], out, mounts=secret_mounts(stack, role))
+        start_service(stack, by_role[role], out, mounts=secret_mounts(stack, role, env))
     # The consumers exit (and are restarted) while Kafka is away: start them once it answers.
     wait_healthy(stack, INFRASTRUCTURE, timeout_s, out)
     for role in CONSUMERS:
-        start_service(stack, by_role[role], out, mounts=secret_mounts(stack, role))
+        start_service(stack, by_role[role], out, mounts=secret_mounts(stack, role, env))
     wait_healthy(stack, [service.role for service in SERVICES], timeout_s, out)
     print(
         f"stack {stack.project}: healthy in {time.monotonic() - began:.0f}s", file=out, flush=True
