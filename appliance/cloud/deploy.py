@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from appliance.cloud import credentials, plan, topology, userdata
+from appliance.cloud import credentials, plan, topology, transport, userdata
 from appliance.config import ConfigError
 
 log = logging.getLogger(__name__)
@@ -303,12 +303,9 @@ def deploy(conn: Any, args: argparse.Namespace) -> dict[str, Member]:
     password = os.environ.get("APPLIANCE_MONGODB_PASSWORD") if args.mongodb_user else None
     if args.mongodb_user and not password:
         raise ConfigError("--mongodb-user needs the password in $APPLIANCE_MONGODB_PASSWORD")
-    creds = credentials.resolve(
-        args.mongodb_user,
-        password,
-        args.credentials or credentials_path(name),
-        args.no_mongodb_auth,
-    )
+    credentials_file = args.credentials or credentials_path(name)
+    creds = credentials.resolve(args.mongodb_user, password, credentials_file, args.no_mongodb_auth)
+    tls = transport.resolve(credentials_file, args.no_tls)
 
     # Look everything up before creating anything: a typo fails here, not half-way.
     network = conn.network.find_network(args.network, ignore_missing=True)
@@ -343,6 +340,7 @@ def deploy(conn: Any, args: argparse.Namespace) -> dict[str, Member]:
             name,
             {role: member.address for role, member in members.items()},
             **credentials.as_options(creds),
+            tls=tls,
             settings=settings,
         ).boots
         for boot in boots:

@@ -28,7 +28,7 @@ import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from appliance.cloud import credentials, topology
+from appliance.cloud import credentials, topology, transport
 from appliance.cloud import plan as plans
 from appliance.cloud.localvm import HOST_NUMBER, check_subnet
 from appliance.cloud.writefiles import apply_write_files
@@ -203,6 +203,7 @@ class ContainerCloud:
             state.name,
             {role: c.address for role, c in state.containers.items()},
             **credentials.as_options(credentials.of_local_cloud(self.root)),
+            tls=transport.of_local_cloud(self.root),
             **options,  # type: ignore[arg-type]
         )
 
@@ -429,7 +430,11 @@ class ContainerCloud:
         creds = credentials.of_local_cloud(self.root)
         address = state.containers["mongodb"].address
         return topology.mongodb_uri(
-            address, creds.mongodb_user, creds.mongodb_password, direct=True
+            address,
+            creds.mongodb_user,
+            creds.mongodb_password,
+            direct=True,
+            tls_ca_file=str(transport.local_ca_file(self.root)),
         )
 
     def describe(self, state: State) -> list[str]:

@@ -25,7 +25,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from appliance.cloud import credentials, topology, userdata
+from appliance.cloud import credentials, topology, transport, userdata
 from appliance.cloud import plan as plans
 from appliance.cloud.processes import alive, usage, wait_gone
 from appliance.cloud.vmsizes import SIZES, emulation_settings
@@ -178,6 +178,7 @@ class LocalCloud:
             },
             ssh_keys=[self.key.with_suffix(".pub").read_text()],
             **credentials.as_options(credentials.of_local_cloud(self.root)),
+            tls=transport.of_local_cloud(self.root),
             **options,  # type: ignore[arg-type]
         )
 
@@ -358,6 +359,7 @@ class LocalCloud:
             creds.mongodb_password,
             port=MONGODB_FORWARD_PORT,
             direct=True,
+            tls_ca_file=str(transport.local_ca_file(self.root)),
         )
 
     def describe(self, state: State) -> list[str]:

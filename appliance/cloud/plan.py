@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from appliance.cloud import topology, userdata
+from appliance.cloud.transport import Transport
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ def make_plan(
     peers: dict[str, str] | None = None,
     mongodb_user: str | None = None,
     mongodb_password: str | None = None,
+    tls: Transport | None = None,
     settings: dict[str, str] | None = None,
     role_settings: dict[str, dict[str, str]] | None = None,
     network: dict[str, userdata.StaticNic] | None = None,
@@ -65,6 +67,7 @@ def make_plan(
             named,
             mongodb_user=mongodb_user,
             mongodb_password=mongodb_password,
+            tls=tls,
             settings=extra,
             hostname=f"{name}-{role}",
             network=(network or {}).get(role),

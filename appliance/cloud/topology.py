@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import quote
 
+from appliance.cloud.transport import CA_NAME, TLS_DIR, Transport, server_pem
 from appliance.config import ConfigError
 
 ENV_FILE = "/etc/appliance/appliance.env"
@@ -18,6 +19,13 @@ ENV_FILE = "/etc/appliance/appliance.env"
 KAFKA_PORT = 9092
 MONGODB_PORT = 27017
 ML_SERVER_PORT = 8000
+
+# The servers' PEM files (key, certificate, the CA's certificate) under TLS_DIR.
+KAFKA_KEYSTORE = "kafka.pem"
+MONGODB_KEYSTORE = "mongodb.pem"
+# Names every server certificate carries besides the address its peers dial: the health checks
+# inside its own host connect over loopback.
+LOOPBACK_NAMES = ["localhost", "127.0.0.1"]
 
 
 @dataclass(frozen=True)
@@ -110,11 +118,13 @@ def mongodb_uri(
     *,
     port: int = MONGODB_PORT,
     direct: bool = False,
+    tls_ca_file: str | None = None,
 ) -> str:
     """``direct``: for a client that reaches the server through a forwarded port or address
-    other than the one it knows itself by."""
+    other than the one it knows itself by. ``tls_ca_file``: TLS, trusting that CA alone."""
     options = ["authSource=admin"] if user and password else []
     options += ["directConnection=true"] if direct else []
+    options += ["tls=true", f"tlsCAFile={quote(tls_ca_file)}"] if tls_ca_file else []
     auth = f"{quote(user, safe='')}:{quote(password, safe='')}@" if user and password else ""
     query = f"/?{'&'.join(options)}" if options else ""
     return f"mongodb://{auth}{host_port(host, port)}{query}"
@@ -126,11 +136,14 @@ def environment(
     *,
     mongodb_user: str | None = None,
     mongodb_password: str | None = None,
+    transport: Transport | None = None,
     extra: dict[str, str] | None = None,
 ) -> dict[str, str]:
     """The settings /etc/appliance/appliance.env gets on ROLE's VM, from its peers' addresses.
 
-    Raises ConfigError naming the first missing peer (as its command-line option).
+    With ``transport``, Kafka's clients log in over SASL_SSL and MongoDB's over TLS, trusting the
+    deployment's CA (the files tls_files writes). Raises ConfigError naming the first missing
+    peer (as its command-line option).
     """
     if role not in ROLES:
         raise ConfigError(f"unknown image {role!r}; choose one of {', '.join(ROLES)}")
@@ -138,20 +151,56 @@ def environment(
         if not peers.get(peer):
             why = PEER_REASONS.get((role, peer), "")
             raise ConfigError(f"--{peer} is required for the {role} image ({why})")
+    if transport and role == "mongodb" and not peers.get("mongodb"):
+        raise ConfigError(
+            "--mongodb is required for the mongodb image with TLS (its certificate names the "
+            "address the DB consumer dials; --no-tls for none)"
+        )
     if bool(mongodb_user) != bool(mongodb_password):
         raise ConfigError("--mongodb-user and --mongodb-password go together")
     env: dict[str, str] = {}
-    if role == "producer":
+    ca_file = f"{TLS_DIR}/{CA_NAME}"
+    if role in ("producer", "kafka"):
         env["KAFKA_BOOTSTRAP_SERVERS"] = host_port(peers["kafka"], KAFKA_PORT)
-    elif role == "kafka":
-        kafka = host_port(peers["kafka"], KAFKA_PORT)
-        env["KAFKA_BOOTSTRAP_SERVERS"] = kafka
-        env["KAFKA_ADVERTISED_LISTENERS"] = f"PLAINTEXT://{kafka}"
-        env["MONGODB_URI"] = mongodb_uri(peers["mongodb"], mongodb_user, mongodb_password)
+        if transport:
+            env["KAFKA_SECURITY_PROTOCOL"] = "SASL_SSL"
+            env["KAFKA_USERNAME"] = transport.kafka_user
+            env["KAFKA_PASSWORD"] = transport.kafka_password
+            env["KAFKA_CA_FILE"] = ca_file
+    if role == "kafka":
+        protocol = "SASL_SSL" if transport else "PLAINTEXT"
+        env["KAFKA_ADVERTISED_LISTENERS"] = f"{protocol}://{env['KAFKA_BOOTSTRAP_SERVERS']}"
+        if transport:
+            env["KAFKA_KEYSTORE_FILE"] = f"{TLS_DIR}/{KAFKA_KEYSTORE}"
+        env["MONGODB_URI"] = mongodb_uri(
+            peers["mongodb"],
+            mongodb_user,
+            mongodb_password,
+            tls_ca_file=ca_file if transport else None,
+        )
         env["INFERENCE_URL"] = f"http://{host_port(peers['ml-server'], ML_SERVER_PORT)}"
-    elif role == "mongodb" and mongodb_user:
-        env["MONGO_INITDB_ROOT_USERNAME"] = mongodb_user
-        env["MONGO_INITDB_ROOT_PASSWORD"] = mongodb_password or ""
+    elif role == "mongodb":
+        if mongodb_user:
+            env["MONGO_INITDB_ROOT_USERNAME"] = mongodb_user
+            env["MONGO_INITDB_ROOT_PASSWORD"] = mongodb_password or ""
+        if transport:
+            env["MONGODB_TLS_CERT_KEY_FILE"] = f"{TLS_DIR}/{MONGODB_KEYSTORE}"
+            env["MONGODB_TLS_CA_FILE"] = ca_file
     for key, value in (extra or {}).items():
         env[key] = value
     return env
+
+
+def tls_files(role: str, peers: dict[str, str | None], transport: Transport) -> dict[str, str]:
+    """The files (path under TLS_DIR -> PEM text) ROLE's VM gets with ``transport``: the CA's
+    certificate for every client and server, a fresh certificate for each server."""
+    files = {f"{TLS_DIR}/{CA_NAME}": transport.authority.cert_pem.decode()}
+    if role == "kafka":
+        hosts = [peers["kafka"] or "", *LOOPBACK_NAMES]
+        files[f"{TLS_DIR}/{KAFKA_KEYSTORE}"] = server_pem(transport, "kafka", hosts)
+    elif role == "mongodb":
+        hosts = [peers["mongodb"] or "", *LOOPBACK_NAMES]
+        files[f"{TLS_DIR}/{MONGODB_KEYSTORE}"] = server_pem(transport, "mongodb", hosts)
+    elif role == "ml-server":
+        return {}  # it speaks to no one; the inference consumer calls it over plain HTTP
+    return files

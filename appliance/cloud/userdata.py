@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from appliance import __version__
-from appliance.cloud import credentials
-from appliance.cloud.topology import ENV_FILE, ROLES, check_address, environment
+from appliance.cloud import credentials, transport
+from appliance.cloud.topology import ENV_FILE, ROLES, check_address, environment, tls_files
 from appliance.config import ConfigError
 
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -69,7 +69,7 @@ class StaticNic:
 
 
 # Values that must never end up in a world-readable file or in a log line.
-SECRET_KEYS = ("MONGODB_URI", "MONGO_INITDB_ROOT_PASSWORD")
+SECRET_KEYS = ("MONGODB_URI", "MONGO_INITDB_ROOT_PASSWORD", "KAFKA_PASSWORD")
 
 
 def add_setting_arguments(
@@ -91,6 +91,13 @@ def add_setting_arguments(
         "--no-mongodb-auth",
         action="store_true",
         help="MongoDB without authentication (a private test network only)",
+    )
+    parser.add_argument(
+        "--no-tls",
+        action="store_true",
+        help="Kafka in PLAINTEXT without a login and MongoDB without TLS (a private test network "
+        "only); by default both use the deployment's CA and Kafka login, kept in the folder "
+        "beside the --credentials file (NAME.tls/) and made there if missing",
     )
     parser.add_argument(
         "--set",
@@ -161,12 +168,17 @@ def render(
     *,
     mongodb_user: str | None = None,
     mongodb_password: str | None = None,
+    tls: transport.Transport | None = None,
     settings: dict[str, str] | None = None,
     hostname: str | None = None,
     network: StaticNic | None = None,
     ssh_keys: list[str] | None = None,
 ) -> str:
-    """The #cloud-config text for ROLE's VM. ConfigError names a missing or bad peer."""
+    """The #cloud-config text for ROLE's VM. ConfigError names a missing or bad peer.
+
+    With ``tls``, the VM also gets the deployment's CA certificate and, for a server, a fresh
+    certificate and key for the address its peers dial, as root-only files under TLS_DIR.
+    """
     checked = {
         name: check_address(f"--{name}", value) if value else None for name, value in peers.items()
     }
@@ -175,6 +187,7 @@ def render(
         checked,
         mongodb_user=mongodb_user,
         mongodb_password=mongodb_password,
+        transport=tls,
         extra=settings,
     )
     content = env_file_text(role, env)
@@ -188,6 +201,20 @@ def render(
         f"# appliance {role} image: user-data rendered by `appliance userdata` ({__version__}).",
         f"hostname: {hostname}",
         "write_files:",
+    ]
+    # The TLS files first: the settings file, once written, starts the units (appliance-env.path)
+    # and they need them.
+    for path, pem in (tls_files(role, checked, tls) if tls else {}).items():
+        out += [
+            f"  - path: {path}",
+            "    owner: root:root",
+            # Keys and the certificates beside them: root's only. Each unit hands its container
+            # a copy of the files it needs, owned by the container's user (check-env).
+            "    permissions: '0600'",
+            "    content: |",
+            *(f"      {line}" for line in pem.splitlines()),
+        ]
+    out += [
         f"  - path: {ENV_FILE}",
         "    owner: root:root",
         # Always 0600: it can hold a MongoDB password, and only root (the units) reads it.
@@ -235,16 +262,18 @@ def run(args: argparse.Namespace) -> int:
     password = args.mongodb_password or (
         os.environ.get("APPLIANCE_MONGODB_PASSWORD") if args.mongodb_user else None
     )
+    credentials_file = args.credentials or CREDENTIALS_FILE
     creds = credentials.resolve(
         args.mongodb_user,
         password,
-        args.credentials or CREDENTIALS_FILE,
+        credentials_file,
         args.no_mongodb_auth,
     )
     text = render(
         args.role,
         peers,
         **credentials.as_options(creds),
+        tls=transport.resolve(credentials_file, args.no_tls),
         settings=parse_settings(args.settings),
         hostname=args.hostname,
         network=static_nic(args.address, args.mac),

@@ -16,9 +16,9 @@ import time
 import pytest
 import testinfra
 
-from appliance.cloud import topology
+from appliance.cloud import credentials, pki, topology, transport
 from appliance.model import CIFAR10_CLASSES
-from tests import mongodb_probe
+from tests import kafka_probe, mongodb_probe
 from tests.cluster.driver import Machine, ProducerRun
 from tests.integration.test_pipeline import DOCUMENT_FIELDS
 
@@ -52,7 +52,8 @@ def dead_letters(kafka: Machine) -> int:
     """Records in the dead-letter topic, read by the consumers' image on the kafka host."""
     script = (
         "from kafka import KafkaConsumer, TopicPartition; import os; "
-        "c = KafkaConsumer(bootstrap_servers=os.environ['KAFKA_BOOTSTRAP_SERVERS']); "
+        "from appliance.config import Settings; "
+        "c = KafkaConsumer(**Settings.from_env().kafka_options()); "
         "t = os.environ.get('TOPIC_DLQ', 'images.dlq'); "
         "ps = [TopicPartition(t, p) for p in (c.partitions_for_topic(t) or [])]; "
         "e, b = c.end_offsets(ps), c.beginning_offsets(ps); "
@@ -114,6 +115,21 @@ def assert_documents(
     return len(docs)
 
 
+def run_in_producer_image(producer: Machine, script: str, timeout: float = 300) -> str:
+    """A Python script in the cameras' image on the producer host, with the unit's settings and
+    TLS files (the copies its last start made), as the cameras' own container has them."""
+    image = producer.succeed(
+        "docker inspect -f '{{.Config.Image}}' appliance-producer 2>/dev/null || "
+        "grep -o 'appliance/producer:[^ ]*' /etc/systemd/system/appliance-producer.service"
+    ).strip()
+    mounts = f"$(sed -n 's/^TLS_MOUNTS=//p' /run/appliance/{PRODUCER}.env)"
+    return producer.succeed(
+        f"docker run --rm --network host --env-file {topology.ENV_FILE} {mounts} "
+        f"--entrypoint python {image} -c {shlex.quote(script)}",
+        timeout,
+    )
+
+
 def settings_text(cloud, state, role: str, **peers: str) -> str:
     """The env file's content exactly as the role's user-data writes it (peers overridable)."""
     import yaml
@@ -163,6 +179,48 @@ def test_settings_file_is_root_only(cloud, role):
     assert (settings.user, settings.group, settings.mode) == ("root", "root", 0o600)
 
 
+# What each unit's container is handed from /etc/appliance/tls (the roles' *_tls_files), and as
+# which uid: the images' own users.
+TLS_FILES = {
+    "appliance-kafka.service": (["ca.pem", "kafka.pem"], 10001),
+    "appliance-consumer-db.service": (["ca.pem"], 10001),
+    "appliance-consumer-inference.service": (["ca.pem"], 10001),
+    "appliance-producer.service": (["ca.pem"], 10001),
+    "appliance-mongodb.service": (["ca.pem", "mongodb.pem"], 999),
+}
+
+
+@pytest.mark.parametrize("role", list(topology.ROLES))
+def test_tls_files_are_root_only_and_each_container_gets_a_copy_of_its_own(cloud, role):
+    url, options = cloud.testinfra_host(role)
+    host = testinfra.get_host(url, **options)
+    units = [u for u in topology.ROLES[role].units if u in TLS_FILES]
+    wanted = sorted({name for u in units for name in TLS_FILES[u][0]})
+    folder = host.file(transport.TLS_DIR)
+    assert (sorted(folder.listdir()) if folder.exists else []) == wanted
+    for name in wanted:
+        f = host.file(f"{transport.TLS_DIR}/{name}")
+        assert (f.user, f.group, f.mode) == ("root", "root", 0o600), name
+    for unit in units:
+        names, uid = TLS_FILES[unit]
+        for name in names:
+            copy = host.file(f"/run/appliance/tls/{unit}/{name}")
+            assert (copy.uid, copy.mode) == (uid, 0o400), f"{unit}: {name}"
+            assert copy.content == host.file(f"{transport.TLS_DIR}/{name}").content
+
+
+def test_no_secret_shows_in_a_process_list(cloud, machines):
+    """The passwords reach the containers through files and their environment, never argv."""
+    secrets = [
+        transport.of_local_cloud(cloud.root).kafka_password,
+        credentials.of_local_cloud(cloud.root).mongodb_password,
+    ]
+    for m in machines.values():
+        listing = m.succeed("ps -eo args")
+        assert len(listing.splitlines()) > 10, m.role
+        assert not any(s in listing for s in secrets), m.role
+
+
 def test_ssh_host_keys_were_made_at_this_boot(machines, is_vm):
     if not is_vm:
         pytest.skip("containers have no cloud-init: the VMs check this")
@@ -190,28 +248,32 @@ def test_hosts_reach_their_peers_on_the_private_network(machines):
 def test_mongodb_refuses_a_peer_without_the_deployments_password(machines):
     """From the kafka host, by the consumers' own path: no login, then a wrong password."""
     kafka, mongodb = machines["kafka"], machines["mongodb"]
-    script = mongodb_probe.refusal_script(mongodb.address, topology.MONGODB_PORT)
+    script = mongodb_probe.refusal_script(
+        mongodb.address, topology.MONGODB_PORT, tls_ca_file=f"{transport.TLS_DIR}/ca.pem"
+    )
     out = kafka.succeed(f"docker exec appliance-consumer-db python -c {shlex.quote(script)}", 120)
-    assert out.strip().splitlines()[-2:] == mongodb_probe.EXPECTED
+    assert out.strip().splitlines()[-3:] == mongodb_probe.EXPECTED_TLS
+
+
+def test_kafka_refuses_a_peer_without_the_deployments_login(machines):
+    """From the producer host, by the cameras' own path: no login, a wrong password and a CA
+    other than the deployment's are refused; the deployment's login gets a message acknowledged."""
+    other_ca = pki.new_authority("another deployment's CA").cert_pem.decode()
+    out = run_in_producer_image(
+        machines["producer"], kafka_probe.refusal_script(other_ca, "cluster-login-probe")
+    )
+    assert out.strip().splitlines()[-4:] == kafka_probe.EXPECTED
 
 
 def test_broker_advertises_its_private_address_to_the_cameras(machines):
     """A metadata request from the producer host names the kafka host's private address."""
     producer, kafka = machines["producer"], machines["kafka"]
-    image = producer.succeed(
-        "docker inspect -f '{{.Config.Image}}' appliance-producer 2>/dev/null || "
-        "grep -o 'appliance/producer:[^ ]*' /etc/systemd/system/appliance-producer.service"
-    ).strip()
     script = (
-        "import os; from kafka import KafkaAdminClient; "
-        "a = KafkaAdminClient(bootstrap_servers=os.environ['KAFKA_BOOTSTRAP_SERVERS']); "
+        "from kafka import KafkaAdminClient; from appliance.config import Settings; "
+        "a = KafkaAdminClient(**Settings.from_env().kafka_options()); "
         "print(*[b['host'] + ':' + str(b['port']) for b in a.describe_cluster()['brokers']])"
     )
-    out = producer.succeed(
-        f"docker run --rm --network host --env-file {topology.ENV_FILE} --entrypoint python "
-        f'{image} -c "{script}"',
-        300,
-    )
+    out = run_in_producer_image(producer, script)
     assert out.strip().splitlines()[-1] == f"{kafka.address}:{topology.KAFKA_PORT}"
 
 

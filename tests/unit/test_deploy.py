@@ -19,7 +19,7 @@ pytest.importorskip("openstack", reason="openstacksdk comes with the cloud extra
 yaml = pytest.importorskip("yaml")
 
 from appliance import cli  # noqa: E402
-from appliance.cloud import credentials, deploy, topology  # noqa: E402
+from appliance.cloud import credentials, deploy, topology, transport  # noqa: E402
 from appliance.config import ConfigError  # noqa: E402
 from tests.infra.fake_openstack import FakeOpenStack  # noqa: E402
 
@@ -64,11 +64,29 @@ def deploy_args(*extra: str) -> list[str]:
 
 def env_of(fake, server_name: str) -> dict[str, str]:
     document = yaml.safe_load(fake.cloud.user_data[server_name])
-    (entry,) = document["write_files"]
+    (entry,) = [e for e in document["write_files"] if e["path"] == topology.ENV_FILE]
     assert entry["permissions"] == "0600"
     return dict(
         line.split("=", 1) for line in entry["content"].splitlines() if not line.startswith("#")
     )
+
+
+def tls_files_of(fake, server_name: str) -> dict[str, str]:
+    document = yaml.safe_load(fake.cloud.user_data[server_name])
+    files = {e["path"]: e for e in document["write_files"] if "/tls/" in e["path"]}
+    assert all(e["permissions"] == "0600" and e["owner"] == "root:root" for e in files.values())
+    return {path: e["content"] for path, e in files.items()}
+
+
+def pki_names(pem: str, tls: transport.Transport) -> list[str]:
+    """The addresses a server PEM's certificate names, once it is checked against the CA."""
+    from cryptography import x509
+
+    cert = x509.load_pem_x509_certificates(pem.encode())[0]
+    cert.verify_directly_issued_by(x509.load_pem_x509_certificate(tls.authority.cert_pem))
+    assert "PRIVATE KEY" in pem and tls.authority.key_pem.decode() not in pem
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return [str(n.value) for n in names]
 
 
 def test_deploy_creates_the_four_servers_in_order_with_real_peer_addresses(fake, capsys):
@@ -85,20 +103,39 @@ def test_deploy_creates_the_four_servers_in_order_with_real_peer_addresses(fake,
     ports = cloud.named("ports")
     ip = {role: ports[f"appliance-{role}"]["fixed_ips"][0]["ip_address"] for role in ROLES}
     saved = credentials.load(deploy.credentials_path("appliance"))
-    assert env_of(fake, "appliance-kafka") == {
+    tls = transport.load_or_create(transport.folder_for(deploy.credentials_path("appliance")))
+    ca = "/etc/appliance/tls/ca.pem"
+    kafka_login = {
         "KAFKA_BOOTSTRAP_SERVERS": f"{ip['kafka']}:9092",
-        "KAFKA_ADVERTISED_LISTENERS": f"PLAINTEXT://{ip['kafka']}:9092",
-        "MONGODB_URI": topology.mongodb_uri(ip["mongodb"], "appliance", saved.mongodb_password),
+        "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "KAFKA_USERNAME": "appliance",
+        "KAFKA_PASSWORD": tls.kafka_password,
+        "KAFKA_CA_FILE": ca,
+    }
+    assert env_of(fake, "appliance-kafka") == {
+        **kafka_login,
+        "KAFKA_ADVERTISED_LISTENERS": f"SASL_SSL://{ip['kafka']}:9092",
+        "KAFKA_KEYSTORE_FILE": "/etc/appliance/tls/kafka.pem",
+        "MONGODB_URI": topology.mongodb_uri(
+            ip["mongodb"], "appliance", saved.mongodb_password, tls_ca_file=ca
+        ),
         "INFERENCE_URL": f"http://{ip['ml-server']}:8000",
     }
-    # Auth is on by default: the server and its clients share the password made for this
-    # deployment, kept 0600 beside its state and nowhere else.
+    # Auth and TLS are on by default: the server and its clients share the password made for
+    # this deployment, kept 0600 beside its state and nowhere else.
     assert env_of(fake, "appliance-mongodb") == {
         "MONGO_INITDB_ROOT_USERNAME": "appliance",
         "MONGO_INITDB_ROOT_PASSWORD": saved.mongodb_password,
+        "MONGODB_TLS_CERT_KEY_FILE": "/etc/appliance/tls/mongodb.pem",
+        "MONGODB_TLS_CA_FILE": ca,
     }
     assert stat.S_IMODE(deploy.credentials_path("appliance").stat().st_mode) == 0o600
-    assert env_of(fake, "appliance-producer") == {"KAFKA_BOOTSTRAP_SERVERS": f"{ip['kafka']}:9092"}
+    assert env_of(fake, "appliance-producer") == kafka_login
+    # Each server's certificate names the address its peers dial, signed by the deployment's CA.
+    for role, name in (("kafka", "kafka.pem"), ("mongodb", "mongodb.pem")):
+        files = tls_files_of(fake, f"appliance-{role}")
+        assert files[ca] == tls.authority.cert_pem.decode()
+        assert ip[role] in pki_names(files[f"/etc/appliance/tls/{name}"], tls)
     for server in cloud.servers.values():
         assert server["status"] == "ACTIVE"
         assert server["metadata"] == {
@@ -158,7 +195,7 @@ def test_admin_cidr_opens_ssh_and_the_service_ports_to_it(fake, monkeypatch):
 
 def test_mongodb_credentials_reach_both_ends(fake, monkeypatch):
     monkeypatch.setenv("APPLIANCE_MONGODB_PASSWORD", "s3cret/pw")
-    assert cli.main(deploy_args("--mongodb-user", "app")) == 0
+    assert cli.main(deploy_args("--mongodb-user", "app", "--no-tls")) == 0
     assert env_of(fake, "appliance-mongodb") == {
         "MONGO_INITDB_ROOT_USERNAME": "app",
         "MONGO_INITDB_ROOT_PASSWORD": "s3cret/pw",

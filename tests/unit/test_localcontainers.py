@@ -20,7 +20,7 @@ import pytest
 
 yaml = pytest.importorskip("yaml", reason="PyYAML comes with the cloud/infra extras")
 
-from appliance.cloud import credentials, topology  # noqa: E402
+from appliance.cloud import credentials, topology, transport  # noqa: E402
 from appliance.cloud import localcontainers as lc  # noqa: E402
 from appliance.cloud import plan as plans  # noqa: E402
 from appliance.cloud.writefiles import apply_write_files  # noqa: E402
@@ -185,6 +185,11 @@ def state(root: Path) -> lc.State:
     return s
 
 
+def env_of(document: dict) -> str:
+    (entry,) = [e for e in document["write_files"] if e["path"] == topology.ENV_FILE]
+    return entry["content"]
+
+
 def test_plan_names_the_containers_addresses_and_no_static_network(tmp_path: Path) -> None:
     cloud = lc.ContainerCloud(tmp_path)
     plan = cloud.plan(state(tmp_path), role_settings={"producer": {"PRODUCER_RATE": "2"}})
@@ -195,9 +200,16 @@ def test_plan_names_the_containers_addresses_and_no_static_network(tmp_path: Pat
     assert "network" not in kafka and "ssh_authorized_keys" not in kafka
     # The deployment's credentials, made in its state folder, reach the server and its clients.
     creds = credentials.load(tmp_path / credentials.LOCAL_FILE)
-    uri = topology.mongodb_uri("10.9.8.10", creds.mongodb_user, creds.mongodb_password)
-    assert f"MONGODB_URI={uri}\n" in kafka["write_files"][0]["content"]
-    mongodb = yaml.safe_load(boots["mongodb"].user_data)["write_files"][0]["content"]
+    uri = topology.mongodb_uri(
+        "10.9.8.10", creds.mongodb_user, creds.mongodb_password,
+        tls_ca_file="/etc/appliance/tls/ca.pem",
+    )  # fmt: skip
+    assert f"MONGODB_URI={uri}\n" in env_of(kafka)
+    # So do its CA and Kafka login, made there too.
+    tls = transport.of_local_cloud(tmp_path)
+    assert f"KAFKA_PASSWORD={tls.kafka_password}\n" in env_of(kafka)
+    assert tls.authority.cert_pem.decode().splitlines()[1] in boots["producer"].user_data
+    mongodb = env_of(yaml.safe_load(boots["mongodb"].user_data))
     assert f"MONGO_INITDB_ROOT_PASSWORD={creds.mongodb_password}\n" in mongodb
     assert "PRODUCER_RATE=2" in boots["producer"].user_data
 
@@ -213,7 +225,7 @@ def test_state_round_trip_and_how_to_reach_each_container(tmp_path: Path) -> Non
     creds = credentials.load(tmp_path / credentials.LOCAL_FILE)
     assert uri == (
         f"mongodb://appliance:{creds.mongodb_password}@10.9.8.10:27017/"
-        "?authSource=admin&directConnection=true"
+        f"?authSource=admin&directConnection=true&tls=true&tlsCAFile={tmp_path}/tls/ca.pem"
     )
 
 
