@@ -49,7 +49,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[st.Stack]:
     env_file = tmp_path_factory.mktemp("stack") / "appliance.env"
     # One server worker: half the model loading on a small CI machine; batching is unchanged.
     # MongoDB with a user and password, Kafka over SASL_SSL, as by default (`appliance stack env`).
-    login = st.kafka_login.load_or_create(st.kafka_login.folder_for(env_file))
+    login = st.tls.load_or_create(st.tls.folder_for(env_file))
     settings = {**st.local_settings(credentials.new(), login), "SERVER_WORKERS": "1"}
     st.write_env(ROOT / "images" / "appliance.env.example", env_file, settings)
     stack = st.Stack(
@@ -159,10 +159,11 @@ def test_pipeline_survives_killed_consumers(stack: st.Stack, shared_archive: Pat
 
 
 def test_mongodb_refuses_a_client_without_the_right_password(stack: st.Stack) -> None:
-    """From a container on the stack's network, as a neighbour would try: no login, a wrong one."""
-    script = mongodb_probe.refusal_script("mongodb")
+    """From a container on the stack's network, as a neighbour would try: no login, a wrong one,
+    and no TLS (MongoDB speaks TLS only)."""
+    script = mongodb_probe.refusal_script("mongodb", tls_ca_file="/etc/appliance/tls/ca.pem")
     out = docker(stack, "exec", stack.container("consume-db"), "python", "-c", script)
-    assert out.splitlines() == mongodb_probe.EXPECTED
+    assert out.splitlines() == mongodb_probe.EXPECTED_TLS
 
 
 def test_kafka_refuses_a_client_without_the_stacks_login(stack: st.Stack) -> None:

@@ -106,15 +106,25 @@ def test_counts_read_as_lines() -> None:
     ]
 
 
-def test_the_stacks_kafka_login_is_made_once_and_kept_private(tmp_path: Path) -> None:
-    folder = st.kafka_login.folder_for(tmp_path / "appliance.env")
-    login = st.kafka_login.load_or_create(folder)
-    again = st.kafka_login.load_or_create(folder)
+def test_the_stacks_login_and_certificates_are_made_once_and_kept_private(tmp_path: Path) -> None:
+    from cryptography import x509
+
+    folder = st.tls.folder_for(tmp_path / "appliance.env")
+    login = st.tls.load_or_create(folder)
+    again = st.tls.load_or_create(folder)
     assert again.password == login.password and len(login.password) >= 32
     assert again.keystore.read_bytes() == login.keystore.read_bytes()
+    assert again.mongodb_keystore.read_bytes() == login.mongodb_keystore.read_bytes()
     assert folder.stat().st_mode & 0o777 == 0o700
-    for name in ("password", "ca.key", "kafka.pem"):
+    for name in ("kafka-password", "ca.key", "kafka.pem", "mongodb.pem"):
         assert (folder / name).stat().st_mode & 0o777 == 0o600, name
+    # Each server's certificate names it on the stack's network, signed by the stack's CA.
+    ca = x509.load_pem_x509_certificate(login.ca_file.read_bytes())
+    for path, host in ((login.keystore, "kafka"), (login.mongodb_keystore, "mongodb")):
+        cert = x509.load_pem_x509_certificates(path.read_bytes())[0]
+        cert.verify_directly_issued_by(ca)
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert host in [str(n.value) for n in names]
     # The certificate is public (the containers' own user reads it); its key stays 0600.
     assert login.ca_file.stat().st_mode & 0o777 == 0o644
     assert login.password not in repr(login)
@@ -122,30 +132,32 @@ def test_the_stacks_kafka_login_is_made_once_and_kept_private(tmp_path: Path) ->
 
 def test_sasl_ssl_env_mounts_each_container_only_what_it_needs(tmp_path: Path) -> None:
     env_file = tmp_path / "appliance.env"
-    login = st.kafka_login.load_or_create(st.kafka_login.folder_for(env_file))
+    login = st.tls.load_or_create(st.tls.folder_for(env_file))
     settings = st.local_settings(None, login)
     assert settings["KAFKA_ADVERTISED_LISTENERS"] == "SASL_SSL://kafka:9092"
     st.write_env(EXAMPLE, env_file, settings)
     values = st.load_env(env_file)
+    assert settings["MONGODB_URI"].endswith("?tls=true&tlsCAFile=/etc/appliance/tls/ca.pem")
     folder = login.folder.resolve()
     ca = f"{folder}/ca.pem:/etc/appliance/tls/ca.pem:ro"
     keystore = f"{folder}/kafka.pem:/etc/appliance/tls/kafka.pem:ro"
-    assert st.kafka_login.mounts(values, env_file, "kafka") == [ca, keystore]
+    mongodb = f"{folder}/mongodb.pem:/etc/appliance/tls/mongodb.pem:ro"
+    assert st.tls.mounts(values, env_file, "kafka") == [ca, keystore]
+    assert st.tls.mounts(values, env_file, "mongodb") == [ca, mongodb]
     for role in ("consume-db", "consume-inference", "producer"):
-        assert st.kafka_login.mounts(values, env_file, role) == [ca]
-    for role in ("mongodb", "ml-server"):
-        assert st.kafka_login.mounts(values, env_file, role) == []
+        assert st.tls.mounts(values, env_file, role) == [ca]
+    assert st.tls.mounts(values, env_file, "ml-server") == []
     # The CA's key is never mounted anywhere.
     assert not any("ca.key" in m for r in ("kafka", "producer")
-                   for m in st.kafka_login.mounts(values, env_file, r))  # fmt: skip
-    plain = {**values, "KAFKA_SECURITY_PROTOCOL": "PLAINTEXT"}
-    assert st.kafka_login.mounts(plain, env_file, "kafka") == []
+                   for m in st.tls.mounts(values, env_file, r))  # fmt: skip
+    plain = {**values, "KAFKA_SECURITY_PROTOCOL": "PLAINTEXT", "MONGODB_TLS_CERT_KEY_FILE": ""}
+    assert st.tls.mounts(plain, env_file, "kafka") == []
 
 
 def test_a_missing_tls_file_is_named_not_mounted_as_a_folder(tmp_path: Path) -> None:
     env_file = tmp_path / "appliance.env"
-    login = st.kafka_login.load_or_create(st.kafka_login.folder_for(env_file))
+    login = st.tls.load_or_create(st.tls.folder_for(env_file))
     login.keystore.unlink()
     values = {"KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}
     with pytest.raises(ConfigError, match=r"kafka\.pem is missing: `appliance stack env"):
-        st.kafka_login.mounts(values, env_file, "kafka")
+        st.tls.mounts(values, env_file, "kafka")

@@ -15,7 +15,7 @@ patch it in the module that uses it (``lifecycle.docker``), not here.
 """
 
 from appliance.ops.counts import Counts
-from appliance.ops.stack import kafka_login
+from appliance.ops.stack import tls
 from appliance.ops.stack.cli import add_arguments, run
 from appliance.ops.stack.docker_cli import (
     container_image_id,
@@ -98,7 +98,6 @@ __all__ = [
     "engine_problem",
     "image_id",
     "inspect_container",
-    "kafka_login",
     "load_env",
     "local_settings",
     "logs_tail",
@@ -112,6 +111,7 @@ __all__ = [
     "start_producer",
     "start_service",
     "statuses",
+    "tls",
     "up",
     "wait_healthy",
     "write_env",

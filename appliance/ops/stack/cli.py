@@ -13,7 +13,7 @@ from appliance import __version__
 from appliance.cloud import credentials
 from appliance.config import ConfigError, Settings
 from appliance.ops.counts import measure
-from appliance.ops.stack import kafka_login
+from appliance.ops.stack import tls
 from appliance.ops.stack.docker_cli import engine_problem
 from appliance.ops.stack.envfile import write_env
 from appliance.ops.stack.lifecycle import counts, down, statuses, up
@@ -110,10 +110,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"{CREDENTIALS_NAME} beside --out, made if missing)",
     )
     env_p.add_argument(
+        "--no-tls",
         "--no-kafka-sasl",
+        dest="no_tls",
         action="store_true",
-        help="Kafka clients in PLAINTEXT (default: SASL_SSL with a login, a CA and the broker's "
-        "certificate kept in tls/ beside --out, made if missing)",
+        help="Kafka clients in PLAINTEXT and MongoDB without TLS (default: Kafka over SASL_SSL "
+        "with a login, MongoDB over TLS, with a CA and the servers' certificates kept in tls/ "
+        "beside --out, made if missing)",
     )
 
     counts_p = sub.add_parser(
@@ -163,10 +166,8 @@ def _env(args: argparse.Namespace) -> int:
     creds = None
     if not args.no_mongodb_auth:
         creds = credentials.load_or_create(args.out.with_name(CREDENTIALS_NAME))
-    kafka = None
-    if not args.no_kafka_sasl:
-        kafka = kafka_login.load_or_create(kafka_login.folder_for(args.out))
-    overrides = local_settings(creds, kafka)
+    secure = None if args.no_tls else tls.load_or_create(tls.folder_for(args.out))
+    overrides = local_settings(creds, secure)
     for item in args.set:
         name, sep, value = item.partition("=")
         if not sep or not ENV_LINE.match(name):
@@ -177,7 +178,11 @@ def _env(args: argparse.Namespace) -> int:
     auth = (
         f"MongoDB login in {args.out.with_name(CREDENTIALS_NAME)}" if creds else "no MongoDB auth"
     )
-    sasl = f"Kafka SASL_SSL, login in {kafka.folder}" if kafka else "Kafka in PLAINTEXT"
+    sasl = (
+        f"Kafka SASL_SSL and MongoDB TLS, login and certificates in {secure.folder}"
+        if secure
+        else "Kafka in PLAINTEXT, MongoDB without TLS"
+    )
     print(f"wrote {path} (peers: {peers}; {auth}; {sasl})")
     return 0
 

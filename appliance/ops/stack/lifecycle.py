@@ -14,7 +14,7 @@ from typing import TextIO
 
 from appliance.config import ConfigError
 from appliance.ops.counts import Counts
-from appliance.ops.stack import kafka_login
+from appliance.ops.stack import tls
 from appliance.ops.stack.docker_cli import (
     container_image_id,
     docker,
@@ -199,7 +199,7 @@ def secret_mounts(stack: Stack, role: str, env: Mapping[str, str] | None = None)
     ``env``: the env file's values, when the caller has read them already."""
     try:
         env = load_env(stack.env_file) if env is None else env
-        return kafka_login.mounts(env, stack.env_file, role)
+        return tls.mounts(env, stack.env_file, role)
     except ConfigError as exc:
         raise StackError(str(exc)) from None
 

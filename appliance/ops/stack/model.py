@@ -9,7 +9,7 @@ from pathlib import Path
 
 from appliance import __version__
 from appliance.cloud import credentials, topology
-from appliance.ops.stack import kafka_login
+from appliance.ops.stack import tls
 
 DEFAULT_PROJECT = "appliance"
 DEFAULT_IMAGE_PREFIX = "appliance"
@@ -38,20 +38,22 @@ CREDENTIALS_NAME = "credentials.env"
 
 
 def local_settings(
-    creds: credentials.Credentials | None, kafka: kafka_login.KafkaLogin | None = None
+    creds: credentials.Credentials | None, secure: tls.StackTLS | None = None
 ) -> dict[str, str]:
     """LOCAL_PEERS, and with ``creds`` MongoDB's first user (the official image's variables,
-    which the ferretdb flavor reads too) and the clients' login in MONGODB_URI; with ``kafka``
-    the broker's SASL_SSL listener and its clients' login. One env file serves every container
-    of the stack."""
+    which the ferretdb flavor reads too) and the clients' login in MONGODB_URI; with ``secure``
+    the broker's SASL_SSL listener, MongoDB's TLS, and the clients' login and CA. One env file
+    serves every container of the stack."""
     settings = dict(LOCAL_PEERS)
-    if kafka is not None:
-        settings.update(kafka_login.settings(kafka))
+    if secure is not None:
+        settings.update(tls.settings(secure))
+    user, password = (creds.mongodb_user, creds.mongodb_password) if creds else (None, None)
     if creds is not None:
-        user, password = creds.mongodb_user, creds.mongodb_password
-        settings["MONGO_INITDB_ROOT_USERNAME"] = user
-        settings["MONGO_INITDB_ROOT_PASSWORD"] = password
-        settings["MONGODB_URI"] = topology.mongodb_uri("mongodb", user, password)
+        settings["MONGO_INITDB_ROOT_USERNAME"] = creds.mongodb_user
+        settings["MONGO_INITDB_ROOT_PASSWORD"] = creds.mongodb_password
+    ca = f"{tls.CONTAINER_DIR}/{tls.CA_NAME}" if secure else None
+    if creds is not None or secure is not None:
+        settings["MONGODB_URI"] = topology.mongodb_uri("mongodb", user, password, tls_ca_file=ca)
     return settings
 
 
