@@ -215,9 +215,12 @@ def test_no_secret_shows_in_a_process_list(cloud, machines):
         transport.of_local_cloud(cloud.root).kafka_password,
         credentials.of_local_cloud(cloud.root).mongodb_password,
     ]
+    # What shows that the listing reaches into the host's containers: their servers' processes.
+    servers = {"kafka": ("kafka.Kafka",), "mongodb": ("ferretdb", "mongod"),
+               "ml-server": ("gunicorn",), "producer": ("dockerd",)}  # fmt: skip
     for m in machines.values():
         listing = m.succeed("ps -eo args")
-        assert len(listing.splitlines()) > 10, m.role
+        assert any(name in listing for name in servers[m.role]), (m.role, listing)
         assert not any(s in listing for s in secrets), m.role
 
 
@@ -262,7 +265,9 @@ def test_kafka_refuses_a_peer_without_the_deployments_login(machines):
     out = run_in_producer_image(
         machines["producer"], kafka_probe.refusal_script(other_ca, "cluster-login-probe")
     )
-    assert out.strip().splitlines()[-4:] == kafka_probe.EXPECTED
+    # The probe's verdicts; its stderr (each refusal's exception type) comes with them here.
+    verdicts = [line for line in out.splitlines() if line.endswith((": refused", ": sent"))]
+    assert verdicts == kafka_probe.EXPECTED, out
 
 
 def test_broker_advertises_its_private_address_to_the_cameras(machines):

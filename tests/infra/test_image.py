@@ -98,6 +98,10 @@ def test_fresh_bake_holds_no_secret_and_no_key_material(
             "/usr/local/libexec/appliance /root /home 2>/dev/null"
         ).stdout.split()
         assert found == [], f"secret or key material baked in: {found}"
+        # Nor a CA: which CA to trust is the deployment's to say, through its user-data.
+        assert not host.file("/etc/appliance/tls").exists, "TLS files baked in"
+        certs = host.run("grep -rls 'BEGIN CERTIFICATE' /etc/appliance 2>/dev/null").stdout.split()
+        assert certs == [], f"certificates baked in: {certs}"
         for unit in units:
             ref = f"{image_prefix}/{UNIT_IMAGES[unit]}:{expected_tag}"
             env = host.run("docker image inspect --format '{{json .Config.Env}}' %s", ref).stdout
