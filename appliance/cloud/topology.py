@@ -195,12 +195,13 @@ def tls_files(role: str, peers: dict[str, str | None], transport: Transport) -> 
     """The files (path under TLS_DIR -> PEM text) ROLE's VM gets with ``transport``: the CA's
     certificate for every client and server, a fresh certificate for each server."""
     files = {f"{TLS_DIR}/{CA_NAME}": transport.authority.cert_pem.decode()}
-    if role == "kafka":
-        hosts = [peers["kafka"] or "", *LOOPBACK_NAMES]
-        files[f"{TLS_DIR}/{KAFKA_KEYSTORE}"] = server_pem(transport, "kafka", hosts)
-    elif role == "mongodb":
-        hosts = [peers["mongodb"] or "", *LOOPBACK_NAMES]
-        files[f"{TLS_DIR}/{MONGODB_KEYSTORE}"] = server_pem(transport, "mongodb", hosts)
+    keystores = {"kafka": KAFKA_KEYSTORE, "mongodb": MONGODB_KEYSTORE}
+    if role in keystores:
+        address = peers.get(role)
+        if not address:  # environment() names the option first; this is for other callers
+            raise ConfigError(f"--{role} is required for the {role} image's TLS certificate")
+        hosts = [address, *LOOPBACK_NAMES]
+        files[f"{TLS_DIR}/{keystores[role]}"] = server_pem(transport, role, hosts)
     elif role == "ml-server":
         return {}  # it speaks to no one; the inference consumer calls it over plain HTTP
     return files
