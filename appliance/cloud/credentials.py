@@ -40,14 +40,22 @@ def new(user: str = USER) -> Credentials:
     return Credentials(user, secrets.token_urlsafe(PASSWORD_BYTES))
 
 
-def load(path: Path) -> Credentials:
-    """The credentials in ``path``; ConfigError if it is readable by others or incomplete."""
+def require_private(
+    path: Path, what: str = "holds a password", remedy: str = "change the password"
+) -> Path:
+    """``path``, or ConfigError saying how to fix it if others may read it."""
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
         raise ConfigError(
-            f"{path} holds a password but is mode {mode:04o}: chmod 600 {path}, and change the "
-            "password if others may have read it"
+            f"{path} {what} but is mode {mode:04o}: chmod 600 {path}, and {remedy} if others "
+            "may have read it"
         )
+    return path
+
+
+def load(path: Path) -> Credentials:
+    """The credentials in ``path``; ConfigError if it is readable by others or incomplete."""
+    require_private(path)
     values: dict[str, str] = {}
     for line in path.read_text(encoding="utf-8").splitlines():
         key, sep, value = line.partition("=")

@@ -15,12 +15,11 @@ user-data only, as files under TLS_DIR (root, 0600). The CA's key never leaves t
 from __future__ import annotations
 
 import secrets
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from appliance.cloud import pki
-from appliance.cloud.credentials import write_private
+from appliance.cloud.credentials import require_private, write_private
 from appliance.config import ConfigError
 
 # On a VM, and at the same path in the containers that get them (read-only, one file each).
@@ -46,13 +45,7 @@ def folder_for(credentials_file: Path) -> Path:
 
 
 def _private(path: Path) -> Path:
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077:
-        raise ConfigError(
-            f"{path} is secret but mode {mode:04o}: chmod 600 {path}, and make a new one if "
-            "others may have read it"
-        )
-    return path
+    return require_private(path, "is secret", "make a new one")
 
 
 def load_or_create(folder: Path, common_name: str = "appliance deployment CA") -> Transport:
