@@ -39,8 +39,9 @@ CIFAR10_STD = (63.0, 62.1, 66.7)
 # stock: ImageNet's 7x7/2 conv + 3x3/2 max-pool (32x32 -> 8x8 into the first residual stage);
 # cifar: 3x3/1 conv, no max-pool (32x32 in); pooled: 3x3/1 conv, the stock max-pool (16x16 in);
 # stride1: the stock 7x7 conv at stride 1, the stock max-pool (16x16 in): the stock network's
-# weights exactly, so a stock model trains on in it (--init-from) at four times the detail.
-STEMS = ("stock", "cifar", "pooled", "stride1")
+# weights exactly, so a stock model trains on in it (--init-from) at four times the detail;
+# fullres: stride1 without the max-pool (32x32 in): the same weights again, the cifar stem's detail.
+STEMS = ("stock", "cifar", "pooled", "stride1", "fullres")
 
 
 class ModelMetadataError(ValueError):
@@ -133,8 +134,9 @@ def build(
     usual change for 32x32 inputs; ``stem="pooled"`` swaps the convolution alike but keeps the
     max-pool (a quarter of the cifar stem's compute); ``stem="stride1"`` keeps the 7x7
     convolution and the max-pool and only sets the convolution's stride to 1 (the same compute as
-    the stock stem on 64x64 upsampled input, with the stock stem's weights). Every other layer is
-    the stock architecture.
+    the stock stem on 64x64 upsampled input, with the stock stem's weights); ``stem="fullres"``
+    also drops the max-pool (the cifar stem's 32x32 first stage, still the stock stem's weights).
+    Every other layer is the stock architecture.
     """
     import keras
 
@@ -145,8 +147,8 @@ def build(
     backbone = keras.applications.ResNet50(
         include_top=False, weights=None, input_shape=shape, pooling="avg"
     )
-    if stem == "stride1":
-        backbone = _with_stride1_stem(backbone)
+    if stem in ("stride1", "fullres"):
+        backbone = _with_stride1_stem(backbone, keep_pool=stem == "stride1")
     elif stem != "stock":
         backbone = _with_small_stem(backbone, keep_pool=stem == "pooled")
     _zero_init_residuals(backbone)
@@ -195,14 +197,21 @@ def _with_small_stem(backbone, keep_pool: bool):
     return keras.models.clone_model(backbone, clone_function=replace)
 
 
-def _with_stride1_stem(backbone):
-    """Clone ResNet50 with the 7x7 conv1 at stride 1 (same padding, same weights' shapes)."""
+def _with_stride1_stem(backbone, keep_pool: bool):
+    """Clone ResNet50 with the 7x7 conv1 at stride 1 (same padding, same weights' shapes) and,
+    unless kept, the max-pool an identity."""
     import keras
 
     def replace(layer):
         config = layer.get_config()
         if layer.name == "conv1_conv":
             config["strides"] = (1, 1)
+        elif keep_pool:
+            pass
+        elif layer.name == "pool1_pad":
+            config["padding"] = ((0, 0), (0, 0))
+        elif layer.name == "pool1_pool":
+            config.update(pool_size=(1, 1), strides=(1, 1))
         return layer.__class__.from_config(config)
 
     return keras.models.clone_model(backbone, clone_function=replace)

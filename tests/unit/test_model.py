@@ -47,7 +47,8 @@ def test_save_and_load_keep_predictions_identical(resnet):
 
 
 @pytest.mark.parametrize(
-    ("stem", "side"), [("stock", 8), ("cifar", 32), ("pooled", 16), ("stride1", 16)]
+    ("stem", "side"),
+    [("stock", 8), ("cifar", 32), ("pooled", 16), ("stride1", 16), ("fullres", 32)],
 )
 def test_each_stem_gives_the_first_stage_its_feature_map_size(stem: str, side: int) -> None:
     backbone = model.build(32, stem=stem).get_layer("resnet50")
@@ -55,10 +56,11 @@ def test_each_stem_gives_the_first_stage_its_feature_map_size(stem: str, side: i
     assert backbone.get_layer("conv5_block3_out").output.shape[1:3] == (side // 8, side // 8)
 
 
-def test_the_stride1_stem_has_the_stock_stems_weights() -> None:
-    stock, stride1 = model.build(32, stem="stock"), model.build(32, stem="stride1")
-    assert [w.shape for w in stock.weights] == [w.shape for w in stride1.weights]
-    conv1 = stride1.get_layer("resnet50").get_layer("conv1_conv")
+@pytest.mark.parametrize("stem", ["stride1", "fullres"])
+def test_the_stride1_stems_have_the_stock_stems_weights(stem: str) -> None:
+    stock, other = model.build(32, stem="stock"), model.build(32, stem=stem)
+    assert [w.shape for w in stock.weights] == [w.shape for w in other.weights]
+    conv1 = other.get_layer("resnet50").get_layer("conv1_conv")
     assert conv1.kernel_size == (7, 7) and conv1.strides == (1, 1)
 
 
