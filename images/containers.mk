@@ -4,7 +4,7 @@
 
 .PHONY: docker-engine base-image containers container-producer container-ml-server \
 	container-kafka container-mongodb container-sizes container-pins save up down status \
-	e2e-containers containers-clean
+	bench-pipeline-containers e2e-containers containers-clean
 
 DOCKER ?= docker
 IMAGE_PREFIX ?= appliance
@@ -216,6 +216,10 @@ down: venv ## Stop and remove the containers, their network and volumes.
 
 status: venv ## Each container's health; images stored, labelled, dead-lettered; consumer lag.
 	$(BIN)/appliance stack status --project $(STACK_PROJECT)
+
+bench-pipeline-containers: $(STACK_ENV) | venv ## Benchmark: bench-pipeline's steps against the container stack; build/bench/containers.
+	$(BIN)/appliance bench pipeline --containers --project $(STACK_PROJECT) --env-file $(STACK_ENV) \
+		--tag $(APPLIANCE_VERSION) --source $(SOURCE)
 
 e2e-containers: venv ## Engine, base image, all images, then the containerised end-to-end test.
 	images/docker-engine.sh

@@ -14,8 +14,9 @@ def usage(pid: int) -> tuple[int, float]:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return 0, 0.0
+    # A zombie (or a kernel thread) has no VmRSS line: it holds no memory.
     rss_kib = next(
-        int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")
+        (int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0
     )
     # utime and stime: fields 14 and 15 of stat, 11 and 12 after the command's closing ")".
     ticks = int(fields[11]) + int(fields[12])

@@ -9,21 +9,21 @@ achieved img/s (stored, labelled), latency from `timestamp` to `stored_at` and t
 over every document of the step (p50, p95, p99, max, read from MongoDB), consumer lag at the end
 of the step, and each process's CPU and memory. Output: a table, a JSON file and plots.
 
-Everything runs here: the local services (`appliance services`), the inference server and both
-consumers, on topics and a collection of the run's own.
+By default everything runs here: the local services (`appliance services`), the inference server
+and both consumers, on topics and a collection of the run's own. With ``--containers`` the same
+steps run against the container stack (`make up`): see `appliance.ops.container_bench`.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import sys
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +93,9 @@ def add_arguments(sub: Any) -> None:
     add("--drain-timeout", type=float, default=120.0, help="seconds a step may take to drain")
     add("--out", type=Path, default=Path("build/bench"), help="JSON and plots (build/bench)")
     add("--all-steps", action="store_true", help="run every step, even after saturation")
+    from appliance.ops import container_bench  # it builds on this module
+
+    container_bench.add_arguments(bench)
 
 
 def parse_rates(text: str) -> list[float]:
@@ -210,42 +213,6 @@ def run_step(
     )
 
 
-def table(steps: list[Step]) -> list[str]:
-    lines = [
-        f"{'offered':>8}{'stored/s':>10}{'labelled/s':>11}{'p50 ms':>8}{'p95 ms':>8}{'p99 ms':>8}"
-        f"{'max ms':>8}{'lag':>7}{'drain s':>9}  (latency: camera to label)"
-    ]
-    for s in steps:
-        t = s.to_labelled
-        lag = sum(s.lag_at_end.values())
-        lines.append(
-            f"{s.offered:>8.0f}{s.stored_per_s:>10.1f}{s.labelled_per_s:>11.1f}"
-            f"{t.p50 * 1000:>8.0f}{t.p95 * 1000:>8.0f}{t.p99 * 1000:>8.0f}{t.max * 1000:>8.0f}"
-            f"{lag:>7}{s.drain_s:>9.1f}{'' if s.follows else '  <- stopped following'}"
-        )
-    return lines
-
-
-def process_lines(steps: list[Step]) -> list[str]:
-    lines = ["CPU (cores busy) and RSS (MiB) per process, each step:"]
-    for s in steps:
-        parts = [f"{n} {u.cores:.2f}/{u.rss_mib:.0f}" for n, u in s.processes.items()]
-        lines.append(f"  {s.offered:>5.0f} img/s: " + ", ".join(parts))
-    return lines
-
-
-def write_json(path: Path, steps: list[Step], extra: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    out = []
-    for s in steps:
-        row = asdict(s)
-        row.pop("latencies_stored")
-        row.pop("latencies_labelled")
-        row["follows"] = s.follows
-        out.append(row)
-    path.write_text(json.dumps({**extra, "steps": out}, indent=2) + "\n")
-
-
 def _delete_topics(settings: Settings) -> None:
     from kafka.admin import KafkaAdminClient
 
@@ -255,20 +222,58 @@ def _delete_topics(settings: Settings) -> None:
         admin.close()
 
 
-def run(args: argparse.Namespace) -> int:
-    from appliance import pipeline
-    from appliance.ops import bench_plots
-    from appliance.ops import services as devservices
-    from appliance.server.process import ServerProcess
+def measure_steps(
+    settings: Settings,
+    collection: Any,
+    samples: list[datasets.Sample],
+    rates: list[float],
+    args: argparse.Namespace,
+    pids: dict[str, int],
+) -> list[Step]:
+    """A warm-up, then each step in turn until the pipeline stops following (or all of them)."""
+    # A first small load: the consumers join their groups, the server traces its batch sizes.
+    with tqdm(total=int(rates[0] * 5), unit="img", desc="warm-up", file=sys.stderr) as bar:
+        send_open_loop(settings, samples, rates[0], 5, args.cameras, bar)
+    time.sleep(5)
+    run_began = time.time()
+    steps: list[Step] = []
+    total = int(sum(rates) * args.step_seconds)
+    with tqdm(total=total, unit="img", desc="sent", file=sys.stderr) as bar:
+        for rate in rates:
+            bar.set_postfix_str(f"{rate:g} img/s")
+            step = run_step(settings, collection, samples, rate, args, pids, run_began, bar)
+            steps.append(step)
+            if not step.follows and not args.all_steps:
+                bar.total = bar.n
+                break
+    return steps
 
+
+def run(args: argparse.Namespace) -> int:
     try:
         rates = parse_rates(args.rates)
         if args.step_seconds <= 0 or args.cameras < 1:
             raise ValueError("--step-seconds and --cameras must be positive")
+        if args.containers or args.in_stack:
+            from appliance.ops import container_bench
+
+            return container_bench.run(args, rates)
         samples = datasets.load(args.source, "test")
     except (ValueError, datasets.DatasetError) as exc:
         print(f"bench pipeline: {exc}", file=sys.stderr)
         return 2
+    return run_local(args, rates, samples)
+
+
+def run_local(args: argparse.Namespace, rates: list[float], samples: list[datasets.Sample]) -> int:
+    """The local services, a server and both consumers of the run's own, on its own names."""
+    from pymongo import MongoClient
+
+    from appliance import pipeline
+    from appliance.ops import pipeline_report
+    from appliance.ops import services as devservices
+    from appliance.server.process import ServerProcess
+
     tag = uuid.uuid4().hex[:8]
     settings = Settings.from_env().own_names(tag, prefix="bench-")
     started_services = not devservices.is_running()
@@ -280,8 +285,6 @@ def run(args: argparse.Namespace) -> int:
     server = ServerProcess(model_path, work / "server.log")
     settings = replace(settings, inference_url=server.url)
     procs = []
-    from pymongo import MongoClient
-
     client: MongoClient = MongoClient(settings.mongodb_uri)
     collection = client[settings.mongodb_database][settings.mongodb_collection]
     steps: list[Step] = []
@@ -294,20 +297,7 @@ def run(args: argparse.Namespace) -> int:
             pids[name] = procs[-1].pid
         pids |= {s.name: s.pid for s in devservices.status() if s.pid is not None}
         pids["bench (cameras)"] = os.getpid()
-        # A first small load: the consumers join their groups, the server traces its batch sizes.
-        with tqdm(total=int(rates[0] * 5), unit="img", desc="warm-up", file=sys.stderr) as bar:
-            send_open_loop(settings, samples, rates[0], 5, args.cameras, bar)
-        time.sleep(5)
-        run_began = time.time()
-        total = int(sum(rates) * args.step_seconds)
-        with tqdm(total=total, unit="img", desc="sent", file=sys.stderr) as bar:
-            for rate in rates:
-                bar.set_postfix_str(f"{rate:g} img/s")
-                step = run_step(settings, collection, samples, rate, args, pids, run_began, bar)
-                steps.append(step)
-                if not step.follows and not args.all_steps:
-                    bar.total = bar.n
-                    break
+        steps = measure_steps(settings, collection, samples, rates, args, pids)
     finally:
         for proc in reversed(procs):
             pipeline.stop(proc)
@@ -317,12 +307,5 @@ def run(args: argparse.Namespace) -> int:
         _delete_topics(settings)
         if started_services:
             devservices.down()
-    print("\n".join(table(steps)))
-    print("\n".join(process_lines(steps)))
-    followed = [s.offered for s in steps if s.follows]
-    saturation = max(followed) if followed else 0.0
-    print(f"carried: {saturation:g} img/s (the highest step the labelled rate followed)")
-    write_json(args.out / "pipeline.json", steps, {"model": str(model_path), "carried": saturation})
-    plots = bench_plots.pipeline_plots(steps, args.out)
-    print(f"wrote {args.out / 'pipeline.json'} and {', '.join(str(p) for p in plots)}")
+    pipeline_report.report(steps, args.out, {"stack": "local", "model": str(model_path)})
     return 0

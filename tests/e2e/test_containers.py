@@ -14,6 +14,7 @@ stack running afterwards for a look (`appliance stack status --project appliance
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -182,3 +183,34 @@ def test_no_secret_shows_in_a_process_list(stack: st.Stack) -> None:
     for service in st.SERVICES:
         listing = docker(stack, "top", stack.container(service.role), "-eo", "pid,args")
         assert listing and not any(s in listing for s in secrets), service.role
+
+
+def test_the_pipeline_benchmark_runs_against_the_stack(
+    stack: st.Stack, shared_archive: Path, tmp_path: Path
+) -> None:
+    """`appliance bench pipeline --containers` on the running stack: the load comes from a
+    container on its network, every image is labelled, each container's CPU and memory is read,
+    the plots are drawn, and the stack it found up is left up."""
+    argv = [sys.executable, "-m", "appliance", "bench", "pipeline", "--containers",
+            "--project", stack.project, "--env-file", str(stack.env_file), "--tag", stack.tag,
+            "--rates", "4,8", "--step-seconds", "3", "--source", str(shared_archive),
+            "--all-steps", "--out", str(tmp_path)]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    say(f"bench pipeline --containers:\n{done.stdout}")
+    result = json.loads((tmp_path / "containers" / "pipeline.json").read_text())
+    assert result["stack"] == "containers"
+    assert [step["offered"] for step in result["steps"]] == [4.0, 8.0]
+    for step in result["steps"]:
+        assert step["sent"] == int(step["offered"] * 3)
+        assert step["unlabelled"] == 0 and step["to_labelled"]["samples"] == step["sent"]
+        usage = step["processes"]
+        assert set(usage) == {*(s.role for s in st.SERVICES), "bench (cameras)"}
+        # Each container's processes were really read: each holds memory; the server worked.
+        assert all(u["rss_mib"] > 0 for u in usage.values()), usage
+        assert usage["ml-server"]["cores"] > 0, usage
+    for name in ("latency-cdf", "throughput", "lag"):
+        png = tmp_path / "containers" / f"pipeline-{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    assert not st.inspect_container(stack, "bench").exists
+    st.wait_healthy(stack, [service.role for service in st.SERVICES], 60, sys.stderr)

@@ -119,3 +119,21 @@ def test_usage_reads_a_running_process_memory_and_cpu():
     rss, cpu = processes.usage(os.getpid())
     assert rss > 10 and cpu > 0  # this pytest process: tens of MiB, some CPU already
     assert processes.usage(2**22 + 1) == (0, 0.0)  # no such process
+
+
+def test_usage_of_a_zombie_is_no_memory_not_an_error():
+    import subprocess
+    import time
+    from pathlib import Path
+
+    child = subprocess.Popen(["true"])
+    try:
+        # Not reaped yet: a zombie, whose /proc status has no VmRSS line.
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            assert time.monotonic() < deadline, "the child never exited"
+            time.sleep(0.01)
+        assert "VmRSS" not in Path(f"/proc/{child.pid}/status").read_text()
+        assert processes.usage(child.pid)[0] == 0
+    finally:
+        child.wait()

@@ -74,6 +74,7 @@ def inspect_container(stack: Stack, role: str) -> ContainerStatus:
         exit_code=int(state.get("ExitCode", 0)),
         image=str(info.get("Config", {}).get("Image", "")),
         health_output=output[:300],
+        pid=int(state.get("Pid", 0)),
     )
 
 

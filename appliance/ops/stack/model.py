@@ -133,6 +133,7 @@ class ContainerStatus:
     exit_code: int = 0
     image: str = ""
     health_output: str = ""
+    pid: int = 0  # the container's first process, as the host sees it (0 when not running)
 
     @property
     def running(self) -> bool:
