@@ -14,7 +14,7 @@ MODEL ?= images/ml-server/model/resnet50.npz
 TRAIN_ARGS ?= --stem stock --epochs 12 --warmup-epochs 0.5 --schedule linear --go-no-go 3:0.4
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test test-unit test-gpu-path soak lint services services-stop services-status model model-stride1 model-stage3 \
+.PHONY: help venv run test test-unit test-gpu-path soak lint services services-stop services-status model model-stride1 model-stage3 model-stage4 \
 	gpu-bundle gpu-import evaluate bench-serve bench-pipeline bench-producer bench-runtimes clean
 
 help: ## List the targets.
@@ -71,6 +71,15 @@ STAGE2 ?= build/model-stride1/resnet50.keras
 STAGE3_ARGS ?= --stem stride1 --epochs 6 --warmup-epochs 0.2 --schedule linear --lr 0.04 --go-no-go 2:0.74
 model-stage3: venv ## Stage 3 of the shipped model: STAGE2 (make model-stride1) trained on into build/model-stride1b/.
 	$(BIN)/appliance train --data $(SOURCE) --out build/model-stride1b/resnet50.keras --init-from $(STAGE2) $(STAGE3_ARGS)
+
+# Its fourth stage: full detail. The fullres stem (stride1 without the max-pool: 32x32 into the
+# first stage, the same weights' shapes) from the third stage packed (`appliance model pack
+# build/model-stride1b/resnet50.keras --out build/model-stride1b/packed/resnet50.npz`; the shipped
+# run started from that file's weights), 2 epochs.
+STAGE3 ?= build/model-stride1b/packed/resnet50.npz
+STAGE4_ARGS ?= --stem fullres --epochs 2 --warmup-epochs 0.2 --schedule linear --lr 0.04 --go-no-go 1:0.80
+model-stage4: venv ## Stage 4 of the shipped model: the fullres stem from STAGE3 into build/model-fullres/.
+	$(BIN)/appliance train --data $(SOURCE) --out build/model-fullres/resnet50.keras --init-from $(STAGE3) $(STAGE4_ARGS)
 
 gpu-bundle: venv ## Pinned Keras wheels + the CIFAR-10 archive for a GPU run, in build/gpu-bundle (carry it).
 	$(BIN)/python -m appliance.ml.gpu_bundle

@@ -122,3 +122,13 @@ def test_pack_wants_an_npz_name(whole, tmp_path, capsys):
     assert cli.main(["model", "pack", str(whole[0]), "--out", str(tmp_path / "m.keras")]) == 2
     assert "a packed artifact is a .npz file" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_pack_beside_its_source_is_refused_and_the_sources_metadata_kept(whole, capsys):
+    meta = model.artifact_paths(whole[0])[1]
+    before = meta.read_bytes()
+    out = whole[0].with_suffix(".npz")
+    assert cli.main(["model", "pack", str(whole[0]), "--out", str(out)]) == 2
+    assert f"its metadata file {meta} is the source's" in capsys.readouterr().err
+    assert meta.read_bytes() == before and not out.exists()
+    model.load(whole[0])  # still loads: its sha256 still matches
