@@ -74,10 +74,11 @@ model-stage3: venv ## Stage 3 of the shipped model: STAGE2 (make model-stride1) 
 
 # Its fourth stage: full detail. The fullres stem (stride1 without the max-pool: 32x32 into the
 # first stage, the same weights' shapes) from the third stage packed (`appliance model pack
-# build/model-stride1b/resnet50.keras --out build/model-stride1b/packed/resnet50.npz`; the shipped
-# run started from that file's weights), 2 epochs.
+# build/model-stride1b/resnet50.keras --out build/model-stride1b/packed/resnet50.npz`; the run of
+# 2026-12-05 started from that file's weights), 2 epochs: 82.78%, not shipped (README). Its epoch-1
+# probe was 75.4%: a stem change costs accuracy first, so the bar is 70% (it ran with 80% and went on).
 STAGE3 ?= build/model-stride1b/packed/resnet50.npz
-STAGE4_ARGS ?= --stem fullres --epochs 2 --warmup-epochs 0.2 --schedule linear --lr 0.04 --go-no-go 1:0.80
+STAGE4_ARGS ?= --stem fullres --epochs 2 --warmup-epochs 0.2 --schedule linear --lr 0.04 --go-no-go 1:0.70
 model-stage4: venv ## Stage 4 of the shipped model: the fullres stem from STAGE3 into build/model-fullres/.
 	$(BIN)/appliance train --data $(SOURCE) --out build/model-fullres/resnet50.keras --init-from $(STAGE3) $(STAGE4_ARGS)
 

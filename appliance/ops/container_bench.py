@@ -87,6 +87,7 @@ def run(args: argparse.Namespace, rates: list[float]) -> int:
             file=sys.stderr,
         )
         return 2
+    started = False
     try:
         started = not any(s.running for s in lifecycle.statuses(stack))
         lifecycle.up(stack, producer=False, timeout_s=DEFAULT_UP_TIMEOUT_S)
@@ -99,17 +100,17 @@ def run(args: argparse.Namespace, rates: list[float]) -> int:
                 file=sys.stderr,
             )
         argv = container_arguments(stack, args, container_pids(stack), out)
+        out.mkdir(parents=True, exist_ok=True)
+        raw = out / pipeline_report.RAW_NAME
+        raw.unlink(missing_ok=True)
+        docker_cli.docker(stack, "rm", "--force", stack.container("bench"), check=False)
+        # The container's progress bar and messages come through on this terminal.
+        code = subprocess.run([stack.docker, *argv], stdin=subprocess.DEVNULL).returncode
     except (StackError, ConfigError) as exc:
         print(f"bench pipeline: {exc}", file=sys.stderr)
         return 1
-    out.mkdir(parents=True, exist_ok=True)
-    raw = out / pipeline_report.RAW_NAME
-    raw.unlink(missing_ok=True)
-    docker_cli.docker(stack, "rm", "--force", stack.container("bench"), check=False)
-    try:
-        # The container's progress bar and messages come through on this terminal.
-        code = subprocess.run([stack.docker, *argv], stdin=subprocess.DEVNULL).returncode
     finally:
+        # A stack this run started goes again, whatever happened.
         if started:
             lifecycle.down(stack)
     if code != 0 or not raw.is_file():
