@@ -147,10 +147,9 @@ def build(
     backbone = keras.applications.ResNet50(
         include_top=False, weights=None, input_shape=shape, pooling="avg"
     )
-    if stem in ("stride1", "fullres"):
-        backbone = _with_stride1_stem(backbone, keep_pool=stem == "stride1")
-    elif stem != "stock":
-        backbone = _with_small_stem(backbone, keep_pool=stem == "pooled")
+    if stem != "stock":
+        small_conv, keep_pool = stem in ("cifar", "pooled"), stem in ("pooled", "stride1")
+        backbone = _with_stem(backbone, small_conv, keep_pool)
     _zero_init_residuals(backbone)
     inputs = keras.Input(shape=shape, name="image")
     x = keras.layers.Rescaling(1.0, name="to_float")(inputs)
@@ -176,36 +175,19 @@ def _zero_init_residuals(backbone) -> None:
             layer.gamma.assign(np.zeros(layer.gamma.shape, dtype="float32"))
 
 
-def _with_small_stem(backbone, keep_pool: bool):
-    """Clone ResNet50 with conv1 as 3x3 stride 1 and, unless kept, the max-pool an identity."""
+def _with_stem(backbone, small_conv: bool, keep_pool: bool):
+    """Clone ResNet50 with conv1 at stride 1: 3x3 with ``small_conv`` (new weights' shapes), else
+    the stock 7x7 (same padding, same shapes); and, unless kept, the max-pool an identity."""
     import keras
 
     def replace(layer):
         config = layer.get_config()
-        if layer.name == "conv1_pad":
+        if layer.name == "conv1_pad" and small_conv:
             config["padding"] = ((1, 1), (1, 1))
         elif layer.name == "conv1_conv":
-            config.update(kernel_size=(3, 3), strides=(1, 1))
-        elif keep_pool:
-            pass
-        elif layer.name == "pool1_pad":
-            config["padding"] = ((0, 0), (0, 0))
-        elif layer.name == "pool1_pool":
-            config.update(pool_size=(1, 1), strides=(1, 1))
-        return layer.__class__.from_config(config)
-
-    return keras.models.clone_model(backbone, clone_function=replace)
-
-
-def _with_stride1_stem(backbone, keep_pool: bool):
-    """Clone ResNet50 with the 7x7 conv1 at stride 1 (same padding, same weights' shapes) and,
-    unless kept, the max-pool an identity."""
-    import keras
-
-    def replace(layer):
-        config = layer.get_config()
-        if layer.name == "conv1_conv":
             config["strides"] = (1, 1)
+            if small_conv:
+                config["kernel_size"] = (3, 3)
         elif keep_pool:
             pass
         elif layer.name == "pool1_pad":
