@@ -14,7 +14,7 @@ MODEL ?= images/ml-server/model/resnet50.npz
 TRAIN_ARGS ?= --stem stock --epochs 12 --warmup-epochs 0.5 --schedule linear --go-no-go 3:0.4
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test test-unit test-gpu-path soak lint services services-stop services-status model model-stride1 model-stage3 model-stage4 \
+.PHONY: help venv run test test-unit test-gpu-path soak lint services services-stop services-status model model-stride1 model-stage3 model-stage4 model-stage5 \
 	gpu-bundle gpu-import evaluate bench-serve bench-pipeline bench-producer bench-runtimes clean
 
 help: ## List the targets.
@@ -81,6 +81,11 @@ STAGE3 ?= build/model-stride1b/packed/resnet50.npz
 STAGE4_ARGS ?= --stem fullres --epochs 2 --warmup-epochs 0.2 --schedule linear --lr 0.04 --go-no-go 1:0.70
 model-stage4: venv ## Stage 4 of the shipped model: the fullres stem from STAGE3 into build/model-fullres/.
 	$(BIN)/appliance train --data $(SOURCE) --out build/model-fullres/resnet50.keras --init-from $(STAGE3) $(STAGE4_ARGS)
+
+STAGE4 ?= build/model-fullres/resnet50.keras
+STAGE5_ARGS ?= --stem fullres --epochs 2 --warmup-epochs 0.1 --schedule linear --lr 0.03
+model-stage5: venv ## Stage 5: STAGE4's fullres model trained on (more epochs at full detail) into build/model-fullres2/.
+	$(BIN)/appliance train --data $(SOURCE) --out build/model-fullres2/resnet50.keras --init-from $(STAGE4) $(STAGE5_ARGS)
 
 gpu-bundle: venv ## Pinned Keras wheels + the CIFAR-10 archive for a GPU run, in build/gpu-bundle (carry it).
 	$(BIN)/python -m appliance.ml.gpu_bundle
