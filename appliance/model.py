@@ -93,15 +93,17 @@ class Metadata:
 
 # The model file's forms: a whole Keras model, or the weights alone (appliance.ml.packed).
 MODEL_SUFFIXES = (".keras", ".npz")
+# The graph written from either (appliance.ml.onnx_artifact): served by OpenVINO, never by Keras.
+GRAPH_SUFFIX = ".onnx"
 
 
 def artifact_paths(path: str | Path) -> tuple[Path, Path]:
-    """``X.keras``, ``X.npz`` or ``X`` (or ``X.json``) -> (the model file, ``X.json``).
+    """``X.keras``, ``X.npz``, ``X.onnx`` or ``X`` (or ``X.json``) -> (the model file, ``X.json``).
 
     For a bare ``X`` the model file is ``X.keras``, or ``X.npz`` when only that one exists.
     """
     path = Path(path)
-    if path.suffix in MODEL_SUFFIXES:
+    if path.suffix in (*MODEL_SUFFIXES, GRAPH_SUFFIX):
         return path, path.with_suffix(".json")
     stem = path.with_suffix("") if path.suffix == ".json" else path
     keras_file, packed_file = stem.with_suffix(".keras"), stem.with_suffix(".npz")
@@ -252,6 +254,11 @@ def load(path: str | Path, verify_sha256: bool = True) -> LoadedModel:
     import keras
 
     model_path, meta_path = artifact_paths(path)
+    if model_path.suffix == GRAPH_SUFFIX:
+        raise ModelMetadataError(
+            f"{model_path}: an ONNX graph, which only the server's openvino backend runs "
+            "(BACKEND=openvino); Keras loads the artifact it was written from, X.keras or X.npz"
+        )
     metadata = read_metadata(model_path)
     if not model_path.exists():
         raise ModelMetadataError(f"{model_path}: model file not found")

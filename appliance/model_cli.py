@@ -1,5 +1,5 @@
-"""`appliance model`: make, inspect, fetch, pack or import a model artifact (``X.keras`` or
-``X.npz``, with ``X.json`` beside it)."""
+"""`appliance model`: make, inspect, fetch, pack, export or import a model artifact (``X.keras``
+or ``X.npz``, with ``X.json`` beside it; ``X.onnx``, the graph written from one)."""
 
 from __future__ import annotations
 
@@ -45,6 +45,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     pack.add_argument("source", help="an artifact, X.keras with X.json beside it")
     pack.add_argument("--out", type=Path, required=True, help="the packed artifact, Y.npz")
     pack.add_argument("--data", help="labelled images with a test split, to measure accuracy on")
+    graph = sub.add_parser(
+        "export-onnx",
+        help="an artifact as an ONNX graph (X.onnx + X.json), which the openvino backend serves",
+        description="Write SOURCE's network as an ONNX graph, BatchNorm folded into the "
+        "convolutions, with X.json beside it: SOURCE's metadata (the same model id) and the "
+        "graph's sha256, which every load checks. The server runs it with BACKEND=openvino "
+        "and needs no TensorFlow: the ml-server image ships this form.",
+    )
+    graph.add_argument("source", help="an artifact, X.keras or X.npz with X.json beside it")
+    graph.add_argument("--out", type=Path, required=True, help="the graph, Y.onnx")
     imp = sub.add_parser(
         "import-weights",
         help="make an artifact of a GPU run's weights (python -m appliance.ml.gpu_train)",
@@ -75,13 +85,19 @@ def run(args: argparse.Namespace) -> int:
             measured = "" if accuracy is None else f", test accuracy {100 * accuracy:.2f}%"
             size = args.out.stat().st_size / 1e6
             print(f"saved {args.out} ({metadata.model_id}, {size:.1f} MB{measured})")
+        elif args.action == "export-onnx":
+            from appliance.ml import onnx_artifact
+
+            metadata = onnx_artifact.export(args.source, args.out)
+            size = args.out.stat().st_size / 1e6
+            print(f"saved {args.out} ({metadata.model_id}, {size:.1f} MB)")
         elif args.action == "import-weights":
             metadata = gpu_import.import_weights(
                 args.folder, args.out, args.data, args.test_limit, args.min_agreement
             )
             print(f"saved {model.artifact_paths(args.out)[0]} ({metadata.model_id})")
         else:
-            loaded = model.load(args.path)
+            loaded = _load_any(args.path)
             print(json.dumps({"model_id": loaded.model_id, **asdict(loaded.metadata)}, indent=2))
     except (
         model.ModelMetadataError,
@@ -94,6 +110,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"appliance model: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _load_any(path: str) -> model.LoadedModel:
+    """A Keras artifact, or a graph artifact (checked without Keras)."""
+    if model.artifact_paths(path)[0].suffix == model.GRAPH_SUFFIX:
+        from appliance.ml import onnx_artifact
+
+        return onnx_artifact.load(path)
+    return model.load(path)
 
 
 def pack(source: str, out: Path, data: str | None) -> model.Metadata:

@@ -16,6 +16,9 @@ MONGO_IMAGE ?= mongo:7
 # The model the ml-server image serves: MODEL (the Makefile's: the trained one the repository
 # ships), or any artifact, e.g. CONTAINER_MODEL=build/model/resnet50.keras after `make model`.
 CONTAINER_MODEL ?= $(MODEL)
+# The image carries it as a graph artifact, which OpenVINO serves without TensorFlow: written here
+# from CONTAINER_MODEL, in a folder named after its path (another model, another graph).
+CONTAINER_GRAPH = $(CTR_DIR)/graph/$(subst /,_,$(basename $(CONTAINER_MODEL)))/resnet50.onnx
 # The images the producer image carries: the test split of SOURCE (the shared CIFAR-10 archive
 # here, else the official download), about 3 MB.
 CAMERA_IMAGES ?= $(CTR_DIR)/cameras/cifar10-test.tar.gz
@@ -96,13 +99,13 @@ container-kafka: base-image $(APPLIANCE_WHEEL) $(CTR_DIR)/deps-base/.complete
 	$(DOCKER) tag $(IMAGE_PREFIX)/kafka:$(APPLIANCE_VERSION) $(IMAGE_PREFIX)/consumers:$(APPLIANCE_VERSION)
 	$(DOCKER) tag $(IMAGE_PREFIX)/kafka:$(APPLIANCE_VERSION) $(IMAGE_PREFIX)/consumers:latest
 
-container-ml-server: base-image $(APPLIANCE_WHEEL) $(CTR_DIR)/deps-server/.complete $(CONTAINER_MODEL)
-	MODEL=$(CONTAINER_MODEL) DEPS_DIR=$(CTR_DIR)/deps-server DIST_DIR=$(DIST_DIR) \
+container-ml-server: base-image $(APPLIANCE_WHEEL) $(CTR_DIR)/deps-serving/.complete $(CONTAINER_GRAPH)
+	MODEL=$(CONTAINER_GRAPH) DEPS_DIR=$(CTR_DIR)/deps-serving DIST_DIR=$(DIST_DIR) \
 		images/stage-context.sh ml-server $(CTX_DIR)/ml-server
 	$(call build-image,ml-server,$(PYTHON_BUILD_ARGS) --build-arg MODEL_ID="$$($(BIN)/python -c \
 		'import json,sys; m=json.load(open(sys.argv[1])); \
 		print(m["architecture"], "sha256:" + m["model_sha256"][:12], "trained" if m.get("extra",{}).get("trained", True) else "untrained")' \
-		$(basename $(CONTAINER_MODEL)).json)")
+		$(basename $(CONTAINER_GRAPH)).json)")
 
 container-mongodb: venv
 	@flavor=$(MONGODB_FLAVOR); \
@@ -145,7 +148,7 @@ $(CTR_DIR)/constraints.txt: $(BIN)/.installed
 	$(BIN)/pip freeze --all --exclude-editable | grep -v '^appliance[ =]' > $@.new
 	@if cmp -s $@.new $@; then rm $@.new; else mv $@.new $@; fi
 
-# Wheelhouses: base (cameras, consumers) and server (+ TensorFlow, Flask, Gunicorn). PyPI is read
+# Wheelhouses: base (cameras, consumers) and serving (+ Flask, Gunicorn, OpenVINO). PyPI is read
 # here, once; the image builds install from these with --no-index.
 $(CTR_DIR)/deps-%/.complete: $(CTR_DIR)/constraints.txt pyproject.toml | venv
 	rm -rf $(@D) && mkdir -p $(@D)/wheels
@@ -167,6 +170,10 @@ $(CONTAINER_MODEL): | venv
 	@echo "NOTE: no model at $@: saving an untrained ResNet50 there for the ml-server image" \
 		"(its labels are guesses; 'make model' trains one, then rebuild)"
 	$(BIN)/appliance model init $@
+
+$(CONTAINER_GRAPH): $(CONTAINER_MODEL) appliance/ml/onnx_export.py | venv
+	rm -rf $(@D)
+	$(BIN)/appliance model export-onnx $< --out $@
 
 container-pins: base-image ## Print the Debian versions images/versions.env could pin now.
 	@$(DOCKER) run --rm $(BASE_IMAGE) bash -c 'apt-get update -qq && for p in python3.11 python3 openjdk-17-jre-headless; do \

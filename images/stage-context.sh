@@ -5,7 +5,7 @@
 # Inputs by environment, each needed only by the images that use it:
 #   DEPS_DIR      requirements.txt, constraints.txt and wheels/  (producer, kafka, ml-server)
 #   DIST_DIR      the appliance wheel                            (producer, kafka, ml-server)
-#   MODEL         the model artifact, X.keras or X.npz with X.json beside it   (ml-server)
+#   MODEL         the graph artifact, X.onnx with X.json beside it                (ml-server)
 #   CAMERA_IMAGES the cameras' images, a .tar.gz from `appliance dataset pack`  (producer)
 #   KAFKA_LIBS    the broker's jars                               (kafka)
 #   FERRETDB_BIN  the FerretDB binary                             (mongodb, ferretdb flavor)
@@ -50,10 +50,10 @@ case $image in
     ;;
   ml-server)
     need MODEL
-    # X.keras (a whole Keras model) or X.npz (the packed weights the repository ships).
+    # The graph artifact: the image has OpenVINO and no TensorFlow, so no X.keras or X.npz.
     suffix=${MODEL##*.}
-    [[ $suffix == keras || $suffix == npz ]] \
-      || { echo "stage-context.sh: MODEL must be X.keras or X.npz (got $MODEL)" >&2; exit 1; }
+    [[ $suffix == onnx ]] || { echo "stage-context.sh: MODEL must be a graph artifact," \
+      "X.onnx (appliance model export-onnx writes one from X.keras or X.npz); got $MODEL" >&2; exit 1; }
     meta=${MODEL%.*}.json
     [[ -f $meta ]] || { echo "stage-context.sh: $meta (the model's metadata) is missing" >&2; exit 1; }
     mkdir -p "$dest/model"

@@ -26,7 +26,8 @@ from werkzeug.exceptions import HTTPException
 
 from appliance.config import ConfigError, Settings
 from appliance.imaging import ImageError, image_to_input
-from appliance.server import metrics
+from appliance.model import GRAPH_SUFFIX
+from appliance.server import backends, metrics
 from appliance.server.backends import BACKENDS, model_call
 from appliance.server.batcher import MicroBatcher
 
@@ -41,7 +42,7 @@ _DEFAULTS = Settings()
 class ServerSettings:
     """The server's environment variables (``appliance serve`` options set the same ones)."""
 
-    model_path: str = ""  # MODEL_PATH: the artifact, ``X`` or ``X.keras`` with ``X.json`` beside
+    model_path: str = ""  # MODEL_PATH: the artifact, ``X``, ``X.keras``, ``X.npz`` or ``X.onnx``
     max_batch_size: int = 64  # MAX_BATCH_SIZE: images per model call
     max_batch_wait_ms: float = 5.0  # MAX_BATCH_WAIT_MS: how long a batch waits to fill up
     max_body_bytes: int = 32 * 1024 * 1024  # MAX_BODY_BYTES: whole request body
@@ -84,6 +85,14 @@ class ServerSettings:
         if settings.backend not in BACKENDS:
             raise ConfigError(
                 f"BACKEND must be one of {', '.join(BACKENDS)}, got {settings.backend!r}"
+            )
+        if settings.model_path.endswith(GRAPH_SUFFIX) and (
+            settings.backend != "openvino" or settings.inference_mode != "batched"
+        ):
+            raise ConfigError(
+                f"MODEL_PATH {settings.model_path} is an ONNX graph: it runs with "
+                f"BACKEND=openvino and INFERENCE_MODE=batched only (got {settings.backend}, "
+                f"{settings.inference_mode}); TensorFlow serves the X.keras or X.npz it came from"
             )
         return settings
 
@@ -134,10 +143,8 @@ class Inference:
         try:
             if not path:
                 raise ConfigError("MODEL_PATH is not set: give the model artifact's path")
-            from appliance import model as model_module  # TensorFlow: only ever in a worker
-
-            _set_threads(self.settings.model_threads)
-            loaded = model_module.load(path)
+            # TensorFlow (if the artifact needs it) is only ever imported in a worker.
+            loaded = backends.load(path, self.settings.model_threads)
             if self.settings.inference_mode == "batched":
                 call = model_call(self.settings.backend, loaded, self.settings.model_threads)
                 # Trace and run once now, so the first request does not pay for it.
@@ -215,19 +222,6 @@ class Inference:
             probs = self.model.model.predict(np.stack(images), verbose=0)
             _observe_batch(len(images), time.perf_counter() - started)
         return np.asarray(probs)
-
-
-def _set_threads(count: int) -> None:
-    """Limit TensorFlow's thread pools; must run before TensorFlow executes anything."""
-    if count <= 0:
-        return
-    import tensorflow as tf
-
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(count)
-        tf.config.threading.set_inter_op_parallelism_threads(count)
-    except RuntimeError as exc:  # TensorFlow already ran in this process: keep its pools
-        log.warning("MODEL_THREADS=%d not applied: %s", count, exc)
 
 
 def _observe_batch(size: int, seconds: float) -> None:

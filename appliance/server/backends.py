@@ -5,6 +5,8 @@ so the model id is the same. OpenVINO gets the ONNX graph written from those wei
 (`appliance.ml.onnx_export`) and compiles it for this CPU at its default precision: bfloat16 on a
 CPU with AMX, float32 elsewhere (`appliance bench runtimes` measures both; bfloat16 agreed with
 TensorFlow on 99.7% of the test split's labels and ran 4x faster there at batch 64).
+OpenVINO also serves a graph artifact (X.onnx, `appliance.ml.onnx_artifact`) with no TensorFlow
+imported at all: the ml-server image's form.
 """
 
 from __future__ import annotations
@@ -74,7 +76,36 @@ def openvino_call(loaded: Any, threads: int) -> Call:
         return openvino_compiled(str(path), threads)
 
 
+def load(path: str, threads: int) -> Any:
+    """The artifact at ``path``: a graph (X.onnx: no TensorFlow imported), or a Keras one."""
+    from appliance import model
+
+    if model.artifact_paths(path)[0].suffix == model.GRAPH_SUFFIX:
+        from appliance.ml import onnx_artifact
+
+        return onnx_artifact.load(path)
+    _set_tensorflow_threads(threads)
+    return model.load(path)
+
+
+def _set_tensorflow_threads(count: int) -> None:
+    """Limit TensorFlow's thread pools; must run before TensorFlow executes anything."""
+    if count <= 0:
+        return
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(count)
+        tf.config.threading.set_inter_op_parallelism_threads(count)
+    except RuntimeError as exc:  # TensorFlow already ran in this process: keep its pools
+        log.warning("MODEL_THREADS=%d not applied: %s", count, exc)
+
+
 def model_call(backend: str, loaded: Any, threads: int) -> Call:
+    from appliance.ml.onnx_artifact import GraphModel
+
+    if isinstance(loaded, GraphModel):  # settings refuse a graph with any other backend
+        return openvino_compiled(str(loaded.path), threads)
     if backend == "openvino":
         return openvino_call(loaded, threads)
     return tensorflow_call(loaded)

@@ -11,6 +11,7 @@ import pytest
 
 from appliance import model
 from appliance.evaluate import balanced_order, decode_samples, label_indices, predict
+from appliance.ml import onnx_artifact
 from appliance.model import CIFAR10_CLASSES
 
 from .server_fixtures import *  # noqa: F403 - the ml_server fixture
@@ -269,31 +270,56 @@ def test_served_labels_are_the_artifacts_own_and_as_accurate(
         assert abs(accuracy - recorded) <= 0.05, (accuracy, recorded)
 
 
+def group_libraries(pgid: int) -> str:
+    """The shared objects mapped by every process of a process group (the server's)."""
+    maps = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid:  # after the name: state, ppid, pgrp
+                maps.append((proc / "maps").read_text())
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # gone meanwhile
+    return "".join(maps)
+
+
+@pytest.mark.parametrize("form", ["artifact", "graph"])
 def test_the_openvino_backend_labels_as_tensorflow_does(
-    model_path: Path, cifar_test_samples: list, tmp_path: Path
+    form: str, model_path: Path, cifar_test_samples: list, tmp_path: Path
 ) -> None:
-    """The same artifact served by OpenVINO: the same model id, and TensorFlow's in-process label
+    """The same model served by OpenVINO, from its artifact or from the graph artifact written
+    from it (the ml-server image's form): the same model id, and TensorFlow's in-process label
     for at least 99% of 1,000 test images (bfloat16 on a CPU with AMX, float32 elsewhere)."""
     loaded = model.load(model_path)
     truth = label_indices(cifar_test_samples, loaded.class_names)
     chosen = balanced_order(truth, seed=1)[:1000]
     samples = [cifar_test_samples[i] for i in chosen]
     local = predict(loaded.model, decode_samples(samples, loaded.input_size)).argmax(axis=1)
-    server = start_server(model_path, tmp_path / "server.log", "--backend", "openvino",
+    served_path = model_path
+    if form == "graph":
+        served_path = tmp_path / "graph" / "resnet50.onnx"
+        onnx_artifact.export(model_path, served_path)
+    server = start_server(served_path, tmp_path / "server.log", "--backend", "openvino",
                           "--max-batch-size", "8")  # fmt: skip
     try:
         server.wait_ready()
         assert server.get("/healthz").json()["model"] == loaded.model_id
         served = np.array(served_labels(server, samples, loaded.class_names))
+        libraries = group_libraries(server.proc.pid)
     finally:
         server.stop()
     agree, accuracy = np.mean(served == local), np.mean(served == truth[chosen])
     print(
-        f"openvino served {loaded.model_id}: agrees with TensorFlow in-process on "
+        f"openvino served {loaded.model_id} ({form}): agrees with TensorFlow in-process on "
         f"{100 * agree:.1f}%, top-1 {100 * accuracy:.1f}% of {len(samples)} test images"
     )
     assert agree >= 0.99
     assert "inference on openvino" in server.log() and "OpenVINO" in server.log()
+    assert "libopenvino" in libraries
+    # The graph needs no TensorFlow: what lets the ml-server image leave it out.
+    assert ("libtensorflow" in libraries) == (form == "artifact")
 
 
 def test_an_unknown_backend_is_named(model_path: Path, tmp_path: Path) -> None:
