@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from appliance.model import GRAPH_SUFFIX
 from appliance.server.backends import BACKENDS
 from appliance.server.process import ServerProcess, default_workers
 
@@ -50,7 +51,8 @@ def add_arguments(sub: Any) -> None:
     add = serve.add_argument
     add(
         "--model",
-        help="model artifact; default: the shipped trained model (a fresh one where it is absent)",
+        help="model artifact (or a graph artifact, X.onnx, with --backend openvino); default: the "
+        "shipped trained model (a fresh one where it is absent)",
     )
     add("--batch", type=int, default=64, help="batch size in-process and server max batch")
     # 4 x batch: two full batches in flight per worker with 2 workers (the 2-core default).
@@ -93,7 +95,10 @@ def run(args: argparse.Namespace) -> int:
         bodies = _request_bodies(model_path)
         in_process, server = _compare(model_path, args, bodies, tmp, threads, workers)
         naive = None
-        if not args.skip_naive:
+        graph = model_path.endswith(GRAPH_SUFFIX)
+        if graph and not args.skip_naive:
+            print("bench serve: no naive phase for a graph artifact (it is Keras's predict())")
+        if not (args.skip_naive or graph):
             naive_workers = args.naive_workers or workers
             with _Server("naive", model_path, args, tmp, threads, naive_workers) as naive_server:
                 naive = naive_server.measure(bodies)
@@ -269,13 +274,12 @@ class _InProcess(_Load):
     """The server's compiled model call, at batch B, in this process."""
 
     def __init__(self, model_path: str, batch: int, backend: str = "tensorflow") -> None:
-        from appliance import model as model_module
-        from appliance.server.backends import model_call
+        from appliance.server import backends
 
         super().__init__(1)
-        loaded = model_module.load(model_path)
+        loaded = backends.load(model_path, threads=0)
         # The very function the server's batcher calls, on the same backend.
-        self.call = model_call(backend, loaded, threads=0)
+        self.call = backends.model_call(backend, loaded, threads=0)
         size = loaded.input_size
         self.batch = np.random.default_rng(0).integers(0, 256, (batch, size, size, 3), np.uint8)
         self.call(self.batch)  # trace outside the measurement

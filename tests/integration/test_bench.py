@@ -24,6 +24,23 @@ def test_bench_serve_runs_and_reports_every_phase(model_path: Path, tmp_path: Pa
     assert re.search(r"^server / naive: [\d.]+x", done.stdout, re.M), done.stdout
 
 
+def test_bench_serve_measures_the_graph_the_image_serves(model_path: Path, tmp_path: Path) -> None:
+    from appliance.ml import onnx_artifact
+
+    graph = tmp_path / "graph" / "resnet50.onnx"
+    onnx_artifact.export(model_path, graph)
+    argv = [sys.executable, "-m", "appliance", "bench", "serve", "--model", str(graph),
+            "--backend", "openvino", "--batch", "4", "--clients", "4", "--seconds", "1",
+            "--rounds", "1", "--warmup", "0.5", "--workers", "1"]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "no naive phase for a graph artifact" in done.stdout
+    for phase in ("in-process", "server"):
+        line = re.search(rf"^{phase}: ([\d.]+) img/s", done.stdout, re.M)
+        assert line and float(line[1]) > 0, done.stdout
+    assert "openvino model call" in done.stdout
+
+
 def test_bench_storage_runs_and_reports_each_size(services, tmp_path: Path) -> None:
     argv = [sys.executable, "-m", "appliance", "bench", "storage", "--uri", services.mongodb_uri,
             "--uri", services.mongodb_uri, "--sizes", "20,60", "--image-bytes", "100"]  # fmt: skip
