@@ -97,7 +97,9 @@ def run(args: argparse.Namespace) -> int:
             )
             print(f"saved {model.artifact_paths(args.out)[0]} ({metadata.model_id})")
         else:
-            loaded = _load_any(args.path)
+            from appliance.server import backends  # a graph artifact is checked without Keras
+
+            loaded = backends.load(args.path, threads=0)
             print(json.dumps({"model_id": loaded.model_id, **asdict(loaded.metadata)}, indent=2))
     except (
         model.ModelMetadataError,
@@ -110,15 +112,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"appliance model: {exc}", file=sys.stderr)
         return 2
     return 0
-
-
-def _load_any(path: str) -> model.LoadedModel:
-    """A Keras artifact, or a graph artifact (checked without Keras)."""
-    if model.artifact_paths(path)[0].suffix == model.GRAPH_SUFFIX:
-        from appliance.ml import onnx_artifact
-
-        return onnx_artifact.load(path)
-    return model.load(path)
 
 
 def pack(source: str, out: Path, data: str | None) -> model.Metadata:
