@@ -45,9 +45,10 @@ TARBALLS = ("producer", "ml-server", "kafka", "consumers", "mongodb")
 IMAGE_PREFIX = "appliance"
 # Inner Docker storage. /var/lib/docker is an anonymous volume on the host's ext4, not on the
 # container's own overlay, so the inner dockerd runs on overlay2 there (found with Docker 20.10 on
-# ext4: all four images load and run; the ml-server converge, 1.6 GB image included, takes about
-# 2 min on 2 cores), where vars.yml's vfs would copy each image once per layer. vfs stays the
-# fallback for a host where the inner dockerd cannot start on overlay2.
+# ext4: all four images load and run; the ml-server converge, its 1.6 GB TensorFlow image of then
+# included, took about 2 min on 2 cores; the image is 500 MB on OpenVINO since), where vars.yml's
+# vfs would copy each image once per layer. vfs stays the fallback for a host where the inner
+# dockerd cannot start on overlay2.
 STORAGE_DRIVERS = ("overlay2", "vfs")
 # A container without systemd up after this long is broken.
 SYSTEMD_TIMEOUT = 120

@@ -93,11 +93,11 @@ def run(args: argparse.Namespace) -> int:
         tmp = Path(tmp_name)
         model_path = args.model or _default_model(tmp)
         bodies = _request_bodies(model_path)
-        in_process, server = _compare(model_path, args, bodies, tmp, threads, workers)
-        naive = None
         graph = model_path.endswith(GRAPH_SUFFIX)
         if graph and not args.skip_naive:
             print("bench serve: no naive phase for a graph artifact (it is Keras's predict())")
+        in_process, server = _compare(model_path, args, bodies, tmp, threads, workers)
+        naive = None
         if not (args.skip_naive or graph):
             naive_workers = args.naive_workers or workers
             with _Server("naive", model_path, args, tmp, threads, naive_workers) as naive_server:
