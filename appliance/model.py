@@ -124,6 +124,25 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def require_sha256(path: Path, recorded: str, meta_path: Path) -> None:
+    """Refuse a file whose sha256 is not the one its metadata file records."""
+    actual = sha256_file(path)
+    if actual != recorded:
+        raise ModelMetadataError(
+            f"{path}: sha256 {actual} does not match {recorded} recorded in {meta_path.name}"
+        )
+
+
+def refuse_source_metadata(out: str | Path, source: str | Path, advice: str) -> None:
+    """Refuse an ``out`` whose metadata file is ``source``'s: X.keras, X.npz and X.onnx share
+    X.json, so writing beside the source would overwrite its metadata."""
+    shared = artifact_paths(out)[1]
+    if shared.resolve() == artifact_paths(source)[1].resolve():
+        raise ModelMetadataError(
+            f"--out {out}: its metadata file {shared} is the source's; {advice}"
+        )
+
+
 def build(
     input_size: int = 32,
     class_names: tuple[str, ...] | list[str] = CIFAR10_CLASSES,
@@ -263,12 +282,7 @@ def load(path: str | Path, verify_sha256: bool = True) -> LoadedModel:
     if not model_path.exists():
         raise ModelMetadataError(f"{model_path}: model file not found")
     if verify_sha256 and metadata.model_sha256:
-        actual = sha256_file(model_path)
-        if actual != metadata.model_sha256:
-            raise ModelMetadataError(
-                f"{model_path}: sha256 {actual} does not match {metadata.model_sha256} "
-                f"recorded in {meta_path.name}"
-            )
+        require_sha256(model_path, metadata.model_sha256, meta_path)
     if model_path.suffix == ".npz":
         from appliance.ml import packed
 

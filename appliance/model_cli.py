@@ -120,13 +120,11 @@ def pack(source: str, out: Path, data: str | None) -> model.Metadata:
 
     if out.suffix != ".npz":
         raise model.ModelMetadataError(f"--out {out}: a packed artifact is a .npz file")
-    # X.keras and X.npz share X.json: packing beside the source would overwrite its metadata.
-    shared = model.artifact_paths(out)[1]
-    if shared.resolve() == model.artifact_paths(source)[1].resolve():
-        raise model.ModelMetadataError(
-            f"--out {out}: its metadata file {shared} is the source's; pack into another "
-            f"name or folder (e.g. {out.with_name(out.stem + '-packed.npz')})"
-        )
+    model.refuse_source_metadata(
+        out,
+        source,
+        f"pack into another name or folder (e.g. {out.with_name(out.stem + '-packed.npz')})",
+    )
     loaded = model.load(source)
     before = loaded.metadata
     packed_from = {"model_sha256": before.model_sha256, "test_accuracy": before.test_accuracy}

@@ -35,13 +35,7 @@ def export(source: str | Path, out: Path) -> Metadata:
 
     if out.suffix != GRAPH_SUFFIX:
         raise ModelMetadataError(f"--out {out}: a graph artifact is a {GRAPH_SUFFIX} file")
-    # X.npz and X.onnx would share X.json: writing beside the source would overwrite its metadata.
-    meta = model.artifact_paths(out)[1]
-    if meta.resolve() == model.artifact_paths(source)[1].resolve():
-        raise ModelMetadataError(
-            f"--out {out}: its metadata file {meta} is the source's; write the graph into "
-            "another folder or name"
-        )
+    model.refuse_source_metadata(out, source, "write the graph into another folder or name")
     loaded = model.load(source)
     onnx_export.export(loaded.model, out)
     record = {
@@ -68,9 +62,5 @@ def load(path: str | Path) -> GraphModel:
         )
     if not graph.is_file():
         raise ModelMetadataError(f"{graph}: model file not found")
-    actual = model.sha256_file(graph)
-    if actual != record["sha256"]:
-        raise ModelMetadataError(
-            f"{graph}: sha256 {actual} does not match {record['sha256']} recorded in {meta.name}"
-        )
+    model.require_sha256(graph, record["sha256"], meta)
     return GraphModel(graph, metadata)
