@@ -37,7 +37,8 @@ from appliance.server.process import ServerProcess, default_workers
 
 log = logging.getLogger(__name__)
 
-TARGET_VS_IN_PROCESS = 0.60
+# The server over HTTP against the same model in-process (the pipeline-performance issue's goal).
+TARGET_VS_IN_PROCESS = 0.85
 TARGET_VS_NAIVE = 20.0
 # After a load is switched on, time for the pipeline to fill before counting.
 RAMP_S = 0.5
