@@ -88,7 +88,8 @@ model-stage5: venv ## Stage 5: STAGE4's fullres model trained on (more epochs at
 	$(BIN)/appliance train --data $(SOURCE) --out build/model-fullres2/resnet50.keras --init-from $(STAGE4) $(STAGE5_ARGS)
 
 # Its sixth: 2 more epochs at full detail from the fifth, at two thirds of its peak (the fifth's
-# restart at 0.03 cost 4.5 points of probe in its first epoch).
+# restart at 0.03 cost 4.5 points of probe in its first epoch). The run of 2026-12-05: 83.59%, the
+# fifth's figure again; not shipped (README).
 STAGE5 ?= build/model-fullres2/resnet50.keras
 STAGE6_ARGS ?= --stem fullres --epochs 2 --warmup-epochs 0.1 --schedule linear --lr 0.02
 model-stage6: venv ## Stage 6: STAGE5's fullres model trained on into build/model-fullres3/.
