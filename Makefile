@@ -14,7 +14,7 @@ MODEL ?= images/ml-server/model/resnet50.npz
 TRAIN_ARGS ?= --stem stock --epochs 12 --warmup-epochs 0.5 --schedule linear --go-no-go 3:0.4
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test test-unit test-gpu-path soak lint services services-stop services-status model model-stride1 model-stage3 model-stage4 model-stage5 model-stage6 \
+.PHONY: help venv run test test-unit test-gpu-path soak lint services services-stop services-status model model-stride1 model-stage3 model-stage4 model-stage5 model-stage6 model-cutout \
 	gpu-bundle gpu-import evaluate bench-serve bench-pipeline bench-producer bench-runtimes clean
 
 help: ## List the targets.
@@ -94,6 +94,12 @@ STAGE5 ?= build/model-fullres2/resnet50.keras
 STAGE6_ARGS ?= --stem fullres --epochs 2 --warmup-epochs 0.1 --schedule linear --lr 0.02
 model-stage6: venv ## Stage 6: STAGE5's fullres model trained on into build/model-fullres3/.
 	$(BIN)/appliance train --data $(SOURCE) --out build/model-fullres3/resnet50.keras --init-from $(STAGE5) $(STAGE6_ARGS)
+
+# The third stage's stride1 model (the best so far, 84.60%), 2 more epochs with a 16-px Cutout:
+# a regulariser, as training accuracy runs 6 points over test accuracy at every stage since.
+CUTOUT_ARGS ?= --stem stride1 --epochs 2 --warmup-epochs 0.1 --schedule linear --lr 0.02 --cutout 16
+model-cutout: venv ## STAGE3's stride1 model, 2 epochs with a 16-px Cutout, into build/model-cutout/.
+	$(BIN)/appliance train --data $(SOURCE) --out build/model-cutout/resnet50.keras --init-from $(STAGE3) $(CUTOUT_ARGS)
 
 gpu-bundle: venv ## Pinned Keras wheels + the CIFAR-10 archive for a GPU run, in build/gpu-bundle (carry it).
 	$(BIN)/python -m appliance.ml.gpu_bundle

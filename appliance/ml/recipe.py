@@ -35,7 +35,15 @@ class Recipe:
     schedule: str = "cosine"
     # sha256 of the artifact whose weights the run starts from (--init-from); "" from scratch.
     init_sha256: str = ""
+    # Side in px of a square zeroed at a random place in each training image (Cutout); 0: none.
+    cutout: int = 0
 
     @property
     def pad(self) -> int:
         return crop_pad(self.input_size)
+
+    @property
+    def augmentation(self) -> str:
+        """What a training image goes through, in words (the artifact's metadata)."""
+        words = f"random crop from {self.pad}-px zero padding, horizontal flip"
+        return words + (f", a {self.cutout}-px square cut out" if self.cutout else "")

@@ -73,8 +73,9 @@ def load_training_data(source: str, recipe: Recipe) -> tuple[Split, Split | None
     return Split(images[n_val:], labels[order[n_val:]]), val, {s.name for s in samples}
 
 
-def augment_batch(images, seed, pad: int):
-    """Random crop from a zero padding of ``pad`` px and a random horizontal flip, per image.
+def augment_batch(images, seed, pad: int, cutout: int = 0):
+    """Random crop from a zero padding of ``pad`` px and a random horizontal flip, per image; with
+    ``cutout``, then a square of that side zeroed at a random centre (clipped at the edges).
 
     Stateless: the same ``seed`` (2 integers) gives the same crops and flips, on any machine.
     """
@@ -94,7 +95,30 @@ def augment_batch(images, seed, pad: int):
     cropped = tf.gather(padded, rows, axis=1, batch_dims=1)
     cropped = tf.gather(cropped, cols, axis=2, batch_dims=1)
     flip = tf.random.stateless_uniform([batch], seeds[2]) < 0.5
-    return tf.where(flip[:, None, None, None], tf.reverse(cropped, axis=[2]), cropped)
+    out = tf.where(flip[:, None, None, None], tf.reverse(cropped, axis=[2]), cropped)
+    return _cut_out(out, seed, cutout) if cutout else out
+
+
+def _cut_out(images, seed, side: int):
+    """Each image with a side x side square zeroed around a uniform random centre (Cutout).
+
+    Its seeds are folded from ``seed`` apart from the crop's, so a run without cutout keeps the
+    crops and flips it always had.
+    """
+    import tensorflow as tf
+
+    own = tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int64), 1)
+    seeds = tf.random.experimental.stateless_split(own, num=2)
+    batch, size = tf.shape(images)[0], images.shape[1]
+    start = [
+        tf.random.stateless_uniform([batch], seeds[i], 0, size, dtype=tf.int32) - side // 2
+        for i in (0, 1)
+    ]
+    span = tf.range(size)[None, :]
+    inside_rows = (span >= start[0][:, None]) & (span < start[0][:, None] + side)
+    inside_cols = (span >= start[1][:, None]) & (span < start[1][:, None] + side)
+    square = inside_rows[:, :, None] & inside_cols[:, None, :]
+    return tf.where(square[..., None], tf.zeros_like(images), images)
 
 
 def epoch_batches(
@@ -130,7 +154,7 @@ def training_dataset(
     )
 
     def prepare(images, labels, seed):
-        return augment_batch(images, seed, recipe.pad), tf.one_hot(labels, classes)
+        return augment_batch(images, seed, recipe.pad, recipe.cutout), tf.one_hot(labels, classes)
 
     dataset = tf.data.Dataset.from_generator(
         lambda: epoch_batches(split, recipe, steps, start_epoch, start_step, end_epoch),

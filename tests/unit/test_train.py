@@ -109,6 +109,46 @@ def test_augmentation_is_a_seeded_crop_and_flip():
     assert not np.array_equal(out, images)
 
 
+def test_cutout_zeroes_one_seeded_square_and_keeps_the_crops_and_flips():
+    images = np.random.default_rng(1).integers(1, 256, (32, 32, 32, 3), dtype=np.uint8)
+    seed = np.array([0, 5], dtype=np.int64)
+    plain = np.asarray(training_data.augment_batch(images, seed, pad=4))
+    cut = np.asarray(training_data.augment_batch(images, seed, pad=4, cutout=16))
+    assert np.array_equal(cut, np.asarray(training_data.augment_batch(images, seed, 4, cutout=16)))
+    for before, after in zip(plain, cut, strict=True):
+        changed = np.argwhere((before != after).any(axis=-1))
+        # Only zeros were written, inside one square of at most 16 x 16 (clipped at the edges).
+        assert (after[tuple(changed.T)] == 0).all()
+        rows, cols = changed[:, 0], changed[:, 1]
+        assert rows.max() - rows.min() < 16 and cols.max() - cols.min() < 16
+        # The crop's own zero padding may overlap it, but never covers all of it.
+        height, width = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+        assert len(changed) == height * width or (before == 0).any()
+    # Squares differ in place from image to image; some are clipped, most cover more than a
+    # quarter of the full square.
+    areas = [int((b != a).any(axis=-1).sum()) for b, a in zip(plain, cut, strict=True)]
+    assert len(set(areas)) > 1 and sum(a > 64 for a in areas) > len(areas) // 2
+
+
+@pytest.mark.parametrize("value", ["-1", "33"])
+def test_a_cutout_larger_than_the_image_is_refused(data, value, capsys):
+    assert run_train("--data", str(data), *ARGS, "--cutout", value) == 2
+    assert f"--cutout {value}: the square's side must be 0 (none) to the input size (32 px)" in (
+        capsys.readouterr().err
+    )
+
+
+def test_a_run_with_cutout_records_it_and_does_not_resume_one_without(data):
+    r = recipe(data)
+    cut = dataclasses.replace(r, cutout=16)
+    assert cut.augmentation.endswith(", a 16-px square cut out")
+    assert r.augmentation == "random crop from 4-px zero padding, horizontal flip"
+    saved = dataclasses.asdict(r)
+    del saved["cutout"]  # a checkpoint from before the field: no cutout
+    assert checkpoints.recipe_differences({"recipe": saved}, r) == []
+    assert checkpoints.recipe_differences({"recipe": saved}, cut) == ["cutout"]
+
+
 def test_a_resumed_run_sees_the_same_batches():
     images = np.arange(40, dtype=np.uint8).reshape(40, 1, 1, 1)
     split = training_data.Split(images, np.arange(40) % 10)
