@@ -77,7 +77,8 @@ def augment_batch(images, seed, pad: int, cutout: int = 0):
     """Random crop from a zero padding of ``pad`` px and a random horizontal flip, per image; with
     ``cutout``, then a square of that side zeroed at a random centre (clipped at the edges).
 
-    Stateless: the same ``seed`` (2 integers) gives the same crops and flips, on any machine.
+    Stateless: the same ``seed`` (2 integers) gives the same crops, flips and squares, on any
+    machine.
     """
     import tensorflow as tf
 

@@ -131,7 +131,7 @@ def test_cutout_zeroes_one_seeded_square_and_keeps_the_crops_and_flips():
 
 
 @pytest.mark.parametrize("value", ["-1", "33"])
-def test_a_cutout_larger_than_the_image_is_refused(data, value, capsys):
+def test_a_cutout_outside_zero_to_the_input_size_is_refused(data, value, capsys):
     assert run_train("--data", str(data), *ARGS, "--cutout", value) == 2
     assert f"--cutout {value}: the square's side must be 0 (none) to the input size (32 px)" in (
         capsys.readouterr().err
