@@ -32,7 +32,7 @@ import numpy as np
 from appliance import __version__, datasets, model
 from appliance.evaluate import EvaluationError, balanced_order, decode_samples, label_indices
 from appliance.ml import pieces
-from appliance.ml.recipe import crop_pad
+from appliance.ml.recipe import augmentation_words, crop_pad
 from appliance.ml.schedule import Schedule, duration, planned_steps
 from appliance.ml.training_data import DATA_SHA256_METHOD, data_sha256
 
@@ -330,7 +330,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "training_data": Path(args.data).name, "training_data_sha256": data_sha256(args.data),
         "training_data_sha256_method": DATA_SHA256_METHOD, "recipe": asdict(recipe),
         "schedule": f"linear warm-up from peak/25 over {schedule.warmup} steps, then linear to 0",
-        "augmentation": f"random crop from {recipe.pad}-px zero padding, horizontal flip",
+        "augmentation": augmentation_words(recipe.input_size),
         "weights": [asdict(e) for e in entries], "pieces": files, "reference": reference,
     }  # fmt: skip
     manifest["total_seconds"] = round(elapsed(), 1)

@@ -10,6 +10,12 @@ def crop_pad(input_size: int) -> int:
     return max(1, round(4 * input_size / 32))
 
 
+def augmentation_words(input_size: int, cutout: int = 0) -> str:
+    """What a training image goes through, in words (artifacts' metadata; CPU and GPU runs)."""
+    words = f"random crop from {crop_pad(input_size)}-px zero padding, horizontal flip"
+    return words + (f", a {cutout}-px square cut out" if cutout else "")
+
+
 class TrainingError(ValueError):
     """The run cannot start or continue as asked; the message says why and what to do."""
 
@@ -44,6 +50,4 @@ class Recipe:
 
     @property
     def augmentation(self) -> str:
-        """What a training image goes through, in words (the artifact's metadata)."""
-        words = f"random crop from {self.pad}-px zero padding, horizontal flip"
-        return words + (f", a {self.cutout}-px square cut out" if self.cutout else "")
+        return augmentation_words(self.input_size, self.cutout)
