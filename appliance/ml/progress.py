@@ -1,5 +1,6 @@
 """What a training run shows and decides as it goes: a bar with the run's time left, a log line
-per epoch, checkpoints within and after epochs, and the test-split probe's go/no-go."""
+per epoch, checkpoints within and after epochs, the test-split probe's go/no-go, and a clean stop
+(with a checkpoint of the last step) when a signal asks for one."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from appliance import datasets, model
 from appliance.evaluate import evaluate
 from appliance.ml.checkpoints import save_checkpoint
 from appliance.ml.recipe import Recipe, TrainingError
+from appliance.ml.stopping import StopRequest
 
 log = logging.getLogger("appliance.ml.train")  # one logger for the run's lines
 
@@ -62,17 +64,19 @@ def make_progress(
     state: dict[str, Any],
     checkpoint_s: float,
     probe: Probe | None,
+    stop: StopRequest | None = None,
 ):
     import keras
 
     class Progress(keras.callbacks.Callback):
         """A per-step bar with the run's time left, one log line per epoch, a checkpoint every
-        ``checkpoint_s`` and after every epoch, and the probe's go/no-go."""
+        ``checkpoint_s`` and after every epoch, the probe's go/no-go, and the stop on request."""
 
         def __init__(self) -> None:
             super().__init__()
             self.bar: tqdm | None = None
             self.no_go: str | None = None
+            self.stopped_at: tuple[int, int] | None = None  # (epochs done, steps into the next)
             self.steps_run, self.run_started = 0, time.monotonic()
 
         def on_epoch_begin(self, epoch: int, logs=None) -> None:
@@ -106,7 +110,12 @@ def make_progress(
                     run_left=duration(self.seconds_left(epoch, done)),
                     refresh=False,  # the bar redraws at its own pace (every 30 s in a log file)
                 )
-            if done < steps and self.train_done - self.saved >= checkpoint_s:
+            stopping = stop is not None and stop.requested
+            if stopping:
+                self.model.stop_training = True
+                self.stopped_at = (epoch, done) if done < steps else (epoch + 1, 0)
+            # At an epoch's last step the epoch's own checkpoint follows (on_epoch_end).
+            if done < steps and (stopping or self.train_done - self.saved >= checkpoint_s):
                 state["step"] = done
                 state["training_seconds"] = self.base_seconds + self.train_done - self.started
                 save_checkpoint(self.model, folder, state)
@@ -114,6 +123,14 @@ def make_progress(
                 log.info("checkpoint at epoch %d, step %d/%d", epoch + 1, done, steps)
 
         def on_epoch_end(self, epoch: int, logs=None) -> None:
+            if self.stopped_at is not None and self.stopped_at[1]:
+                # Stopped within the epoch: Keras ends it early, but it is not done.
+                if self.bar is not None:
+                    self.bar.close()
+                return
+            self._epoch_done(epoch, logs)
+
+        def _epoch_done(self, epoch: int, logs) -> None:
             if self.bar is not None:
                 self.bar.close()
             logs = {k: float(v) for k, v in (logs or {}).items()}

@@ -9,7 +9,8 @@
   float32 so it serves anywhere.
 - Resume: every ``--checkpoint-minutes`` and after every epoch the model and optimizer state go
   to ``X.ckpt/`` beside ``--out`` (:mod:`appliance.ml.checkpoints`); running the same command
-  again continues from that step.
+  again continues from that step. SIGINT or SIGTERM stops it after the step under way, with a
+  checkpoint of that step (:mod:`appliance.ml.stopping`).
 - Go/no-go: after every epoch a class-balanced probe of the test split is scored; with
   ``--go-no-go EPOCH:ACCURACY`` a run that is not on track stops there, its checkpoint kept.
 """
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance import datasets, model
-from appliance.evaluate import EvaluationError, balanced_order, evaluate, label_indices
+from appliance.evaluate import EvaluationError, balanced_order, label_indices
 from appliance.ml.checkpoints import (
     checkpoint_dir,
     read_state,
@@ -41,8 +42,9 @@ from appliance.ml.compiled import (
 )
 from appliance.ml.progress import GoNoGo, Probe, make_progress
 from appliance.ml.recipe import Recipe, TrainingError
+from appliance.ml.stopping import stop_on_signals
+from appliance.ml.trained_artifact import export
 from appliance.ml.training_data import (
-    DATA_SHA256_METHOD,
     data_sha256,
     load_training_data,
     training_dataset,
@@ -311,99 +313,47 @@ def _train(args: argparse.Namespace) -> int:
             "training_seconds": 0.0, "init_from": init,
         }  # fmt: skip
         write_state(folder, state)
-    log.info(
-        "training ResNet50 (%s stem, %dx%d) on %d images of %s: %d epochs x %d steps of %d",
-        recipe.stem, recipe.input_size, recipe.input_size, n, args.data, recipe.epochs, steps,
-        recipe.batch_size,
-    )  # fmt: skip
-    progress = make_progress(recipe, steps, folder, state, 60 * args.checkpoint_minutes, probe)
     classes = len(model.CIFAR10_CLASSES)
     validation = validation_dataset(val_split, 256, classes) if val_split else None
     # A run resumed mid-epoch first finishes that epoch (a shorter fit), then goes on by epochs.
     parts = [(start, step, start + 1), (start + 1, 0, recipe.epochs)] if step else []
     parts = parts or [(start, 0, recipe.epochs)]
-    for first, skip, end in parts:
-        if first >= end or progress.no_go:
-            continue
-        net.fit(
-            training_dataset(train_split, recipe, steps, first, classes, skip, end),
-            epochs=end,
-            initial_epoch=first,
-            steps_per_epoch=steps - skip,
-            validation_data=validation,
-            callbacks=[progress],
-            shuffle=False,  # the order is the dataset's own (seeded, per epoch)
-            verbose=0,
+    with stop_on_signals() as stop:
+        log.info(
+            "training ResNet50 (%s stem, %dx%d) on %d images of %s: %d epochs x %d steps of %d",
+            recipe.stem, recipe.input_size, recipe.input_size, n, args.data, recipe.epochs, steps,
+            recipe.batch_size,
+        )  # fmt: skip
+        checkpoint_s = 60 * args.checkpoint_minutes
+        progress = make_progress(recipe, steps, folder, state, checkpoint_s, probe, stop)
+        for first, skip, end in parts:
+            if first >= end or progress.no_go or progress.stopped_at:
+                continue
+            net.fit(
+                training_dataset(train_split, recipe, steps, first, classes, skip, end),
+                epochs=end,
+                initial_epoch=first,
+                steps_per_epoch=steps - skip,
+                validation_data=validation,
+                callbacks=[progress],
+                shuffle=False,  # the order is the dataset's own (seeded, per epoch)
+                verbose=0,
+            )
+    if progress.stopped_at and not progress.no_go and progress.stopped_at[0] < recipe.epochs:
+        epoch, step = progress.stopped_at
+        within = f" and {step}/{steps} steps of the next" if step else ""
+        print(
+            f"appliance train: stopped by {stop.name} after epoch {epoch}/{recipe.epochs}{within}; "
+            f"checkpoint in {folder}: the same command resumes there",
+            file=sys.stderr,
         )
+        return stop.exit_status
     if progress.no_go:
         print(f"appliance train: {progress.no_go}", file=sys.stderr)
         return EXIT_NO_GO
-    metadata = _export(export_copy(net, recipe), recipe, args, state, out, policy, train_names)
+    metadata = export(export_copy(net, recipe), recipe, args, state, out, policy, train_names)
     state["finished"] = True
     write_state(folder, state)
     accuracy = "n/a" if metadata.test_accuracy is None else f"{100 * metadata.test_accuracy:.2f}%"
     print(f"saved {out} ({metadata.model_id}), test accuracy {accuracy}")
     return 0
-
-
-def _export(
-    net,
-    recipe: Recipe,
-    args: argparse.Namespace,
-    state: dict[str, Any],
-    out: Path,
-    policy: str,
-    train_names: set[str],
-) -> model.Metadata:
-    """Evaluate on the test split (when the source has one) and save the artifact."""
-    report = None
-    try:
-        test = datasets.load(args.data, "test")
-    except datasets.DatasetError as exc:
-        log.warning("no test split (%s): test accuracy not measured", exc)
-        test = []
-    if any(s.name in train_names for s in test):
-        # A folder of class folders without train/ and test/ serves the same images to both.
-        log.warning("%s has no separate test split: test accuracy not measured", args.data)
-    elif test:
-        if args.test_limit:
-            truth = label_indices(test, model.CIFAR10_CLASSES)
-            test = [test[i] for i in balanced_order(truth, recipe.seed)[: args.test_limit]]
-        log.info("evaluating on %d test images", len(test))
-        report = evaluate(net, test, model.CIFAR10_CLASSES, recipe.input_size)
-        log.info("test top-1 %.2f%% (%d/%d)", 100 * report.top1, report.correct, report.total)
-    metadata = model.Metadata(
-        class_names=list(model.CIFAR10_CLASSES),
-        input_size=recipe.input_size,
-        stem=recipe.stem,
-        test_accuracy=report.top1 if report else None,
-        training_data_sha256=recipe.data_sha256,
-        extra={
-            "trained": True,
-            "training_data": args.data,
-            "training_data_sha256_method": DATA_SHA256_METHOD,
-            "epochs": state["epoch"],
-            "training_seconds": round(state["training_seconds"], 1),
-            "train_images": recipe.limit or "all",
-            "test_images": report.total if report else 0,
-            "precision": policy if policy == "float32" else f"{policy} (saved as float32)",
-            "optimizer": (
-                f"SGD momentum {recipe.momentum} nesterov, weight decay {recipe.weight_decay} "
-                f"(not BatchNorm/bias), peak lr {recipe.peak_lr:g}, linear warmup "
-                f"{recipe.warmup_epochs:g} epochs then {recipe.schedule} to 0"
-            ),
-            "augmentation": recipe.augmentation,
-            "recipe": asdict(recipe),
-            "history": state["history"],
-            **_lineage(state),
-        },
-    )
-    return model.save(net, out, metadata)
-
-
-def _lineage(state: dict[str, Any]) -> dict[str, Any]:
-    """For a run that started from another artifact: that artifact, and the epochs of both."""
-    init = state.get("init_from")
-    if not init:
-        return {}
-    return {"init_from": init, "total_epochs": (init.get("epochs") or 0) + state["epoch"]}
