@@ -11,7 +11,7 @@ from pathlib import Path
 
 from appliance import datasets, model
 from appliance.evaluate import EvaluationError
-from appliance.ml import gpu_import, pieces
+from appliance.ml import gpu_import, history_plot, pieces
 
 DEFAULT_OUT = "build/model/resnet50.keras"
 
@@ -55,6 +55,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     graph.add_argument("source", help="an artifact, X.keras or X.npz with X.json beside it")
     graph.add_argument("--out", type=Path, required=True, help="the graph, Y.onnx")
+    history = sub.add_parser(
+        "history",
+        help="plot a training run's curve (accuracy, loss, learning rate per epoch) as a PNG",
+        description="Plot the per-epoch history of a checkpoint folder (X.ckpt/, also while "
+        "its run goes on) or of a trained artifact's metadata. A run writes X.ckpt/history.png "
+        "itself after every epoch.",
+    )
+    history.add_argument("path", type=Path, help="X.ckpt/ or an artifact (X.keras, X.npz, X.onnx)")
+    history.add_argument("--out", type=Path, help="the PNG (default: history.png beside PATH)")
     imp = sub.add_parser(
         "import-weights",
         help="make an artifact of a GPU run's weights (python -m appliance.ml.gpu_train)",
@@ -91,6 +100,12 @@ def run(args: argparse.Namespace) -> int:
             metadata = onnx_artifact.export(args.source, args.out)
             size = args.out.stat().st_size / 1e6
             print(f"saved {args.out} ({metadata.model_id}, {size:.1f} MB)")
+        elif args.action == "history":
+            records, title = history_plot.read_history(args.path)
+            folder = args.path if args.path.is_dir() else args.path.parent
+            out = args.out or folder / history_plot.PLOT_NAME
+            history_plot.plot_history(records, out, title)
+            print(f"saved {out} ({len(records)} epochs)")
         elif args.action == "import-weights":
             metadata = gpu_import.import_weights(
                 args.folder, args.out, args.data, args.test_limit, args.min_agreement
@@ -108,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
         EvaluationError,
         pieces.WeightsError,
         gpu_import.GpuImportError,
+        history_plot.HistoryError,
     ) as exc:
         print(f"appliance model: {exc}", file=sys.stderr)
         return 2

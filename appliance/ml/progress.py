@@ -17,6 +17,7 @@ from tqdm import tqdm
 from appliance import datasets, model
 from appliance.evaluate import evaluate
 from appliance.ml.checkpoints import save_checkpoint
+from appliance.ml.history_plot import PLOT_NAME, plot_history
 from appliance.ml.recipe import Recipe, TrainingError
 from appliance.ml.stopping import StopRequest
 
@@ -163,6 +164,7 @@ def make_progress(
             state["history"].append(record)
             state["training_seconds"] = self.base_seconds + seconds
             save_checkpoint(self.model, folder, state)
+            plot_history(state["history"], folder / PLOT_NAME, f"ResNet50, {recipe.stem} stem")
             check = probe.check if probe else None
             if check and epoch + 1 == check.epoch and record["probe_accuracy"] < check.accuracy:
                 self.no_go = (
