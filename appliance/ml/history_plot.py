@@ -43,6 +43,7 @@ def plot_history(history: list[dict[str, Any]], path: Path, title: str) -> Path:
 
     matplotlib.use("Agg")  # no display on servers and in CI
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     def series(key: str, scale: float = 1.0) -> tuple[list[int], list[float]]:
         pairs = [(int(h["epoch"]), scale * float(h[key])) for h in history if key in h]
@@ -63,6 +64,7 @@ def plot_history(history: list[dict[str, Any]], path: Path, title: str) -> Path:
     lr.plot(*series("lr"), marker="o", color="tab:green")
     lr.set_ylabel("learning rate\nat epoch end")
     lr.set_xlabel("epoch")
+    lr.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
     lr.grid(alpha=0.3)
     hours = sum(float(h.get("seconds", 0.0)) for h in history) / 3600
     fig.suptitle(f"{title}\n{len(history)} epochs, {hours:.1f} h of training", fontsize=9)

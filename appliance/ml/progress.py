@@ -164,7 +164,7 @@ def make_progress(
             state["history"].append(record)
             state["training_seconds"] = self.base_seconds + seconds
             save_checkpoint(self.model, folder, state)
-            plot_history(state["history"], folder / PLOT_NAME, f"ResNet50, {recipe.stem} stem")
+            plot_history(state["history"], folder / PLOT_NAME, f"{folder} ({recipe.stem} stem)")
             check = probe.check if probe else None
             if check and epoch + 1 == check.epoch and record["probe_accuracy"] < check.accuracy:
                 self.no_go = (
