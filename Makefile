@@ -105,8 +105,9 @@ model-cutout: venv ## STAGE3's stride1 model, 2 epochs with a 16-px Cutout, into
 # The long run, over several sessions: the third stage's stride1 model (84.60%) for 14 epochs at a
 # peak of 0.05, warm-up 0.3 epoch, linear to zero. Every stage so far ended with training accuracy
 # near 90%: the model is under-trained, and 2-epoch restarts spend their time climbing back from the
-# warm-up. An epoch is ~19 minutes here, so this is two sessions' main job; the same command resumes
-# from the last checkpoint (every 15 minutes). The probe falls after a restart at this peak: bar 70%.
+# warm-up. An epoch is 16-25 minutes here, so this is two sessions' main job; the same command
+# resumes from the last checkpoint (every 15 minutes, and where SIGTERM stopped it). The probe falls
+# after a restart at this peak: bar 70%.
 LONG_ARGS ?= --stem stride1 --epochs 14 --warmup-epochs 0.3 --schedule linear --lr 0.05 --go-no-go 2:0.70
 model-long: venv ## STAGE3's stride1 model, 14 epochs (a multi-session run; resumes), into build/model-long/.
 	$(BIN)/appliance train --data $(SOURCE) --out build/model-long/resnet50.keras --init-from $(STAGE3) $(LONG_ARGS)

@@ -63,7 +63,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "itself after every epoch.",
     )
     history.add_argument("path", type=Path, help="X.ckpt/ or an artifact (X.keras, X.npz, X.onnx)")
-    history.add_argument("--out", type=Path, help="the PNG (default: history.png beside PATH)")
+    history.add_argument(
+        "--out",
+        type=Path,
+        help="the PNG (default: X.ckpt/history.png, or build/history/NAME.png for an artifact, "
+        "so that nothing lands in an image's model folder)",
+    )
     imp = sub.add_parser(
         "import-weights",
         help="make an artifact of a GPU run's weights (python -m appliance.ml.gpu_train)",
@@ -102,8 +107,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"saved {args.out} ({metadata.model_id}, {size:.1f} MB)")
         elif args.action == "history":
             records, title = history_plot.read_history(args.path)
-            folder = args.path if args.path.is_dir() else args.path.parent
-            out = args.out or folder / history_plot.PLOT_NAME
+            out = args.out or history_plot.default_plot_path(args.path)
             history_plot.plot_history(records, out, title)
             print(f"saved {out} ({len(records)} epochs)")
         elif args.action == "import-weights":

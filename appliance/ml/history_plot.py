@@ -12,6 +12,7 @@ from appliance.ml.checkpoints import STATE_FILE
 from appliance.model import artifact_paths
 
 PLOT_NAME = "history.png"
+ARTIFACT_PLOTS = Path("build/history")  # not beside a shipped artifact: that is an image's folder
 
 
 class HistoryError(ValueError):
@@ -33,8 +34,19 @@ def read_history(path: Path) -> tuple[list[dict[str, Any]], str]:
         raise HistoryError(f"{source}: not JSON ({exc})") from None
     history = data.get("history") or (data.get("extra") or {}).get("history")
     if not history:
-        raise HistoryError(f"{source}: no training history (no epoch has finished)")
+        raise HistoryError(
+            f"{source}: no training history (an untrained model, or a run whose first epoch "
+            "has not finished)"
+        )
     return history, str(path)
+
+
+def default_plot_path(path: Path) -> Path:
+    """``X.ckpt/history.png`` for a checkpoint folder; ``build/history/<folder>-<X>.png`` for an
+    artifact ``<folder>/X.keras``."""
+    if path.is_dir():
+        return path / PLOT_NAME
+    return ARTIFACT_PLOTS / f"{path.resolve().parent.name}-{path.stem}.png"
 
 
 def plot_history(history: list[dict[str, Any]], path: Path, title: str) -> Path:

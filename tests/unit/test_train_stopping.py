@@ -124,6 +124,8 @@ def test_model_history_says_what_it_needs(tmp_path, capsys):
     (tmp_path / "run.ckpt").mkdir()
     (tmp_path / "run.ckpt" / checkpoints.STATE_FILE).write_text('{"epoch": 0, "history": []}')
     assert model_command("history", str(tmp_path / "run.ckpt")) == 2
-    assert "no training history (no epoch has finished)" in capsys.readouterr().err
+    assert "no training history (an untrained model, or a run whose first epoch" in (
+        capsys.readouterr().err
+    )
     assert model_command("history", str(tmp_path / "nothing.keras")) == 2
     assert "expected a checkpoint folder (X.ckpt/ with state.json)" in capsys.readouterr().err
