@@ -106,9 +106,9 @@ def run(args: argparse.Namespace) -> int:
             size = args.out.stat().st_size / 1e6
             print(f"saved {args.out} ({metadata.model_id}, {size:.1f} MB)")
         elif args.action == "history":
-            records, title = history_plot.read_history(args.path)
+            records = history_plot.read_history(args.path)
             out = args.out or history_plot.default_plot_path(args.path)
-            history_plot.plot_history(records, out, title)
+            history_plot.plot_history(records, out, str(args.path))
             print(f"saved {out} ({len(records)} epochs)")
         elif args.action == "import-weights":
             metadata = gpu_import.import_weights(

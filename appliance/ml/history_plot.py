@@ -19,8 +19,8 @@ class HistoryError(ValueError):
     """No training history where one was asked for."""
 
 
-def read_history(path: Path) -> tuple[list[dict[str, Any]], str]:
-    """The per-epoch records, and a title, of a checkpoint folder (``X.ckpt/``, its state.json)
+def read_history(path: Path) -> list[dict[str, Any]]:
+    """The per-epoch records of a checkpoint folder (``X.ckpt/``, its state.json)
     or an artifact (``X.keras``, ``X.npz`` or ``X.onnx``, its ``X.json``)."""
     source = path / STATE_FILE if path.is_dir() else artifact_paths(path)[1]
     if not source.exists():
@@ -38,7 +38,7 @@ def read_history(path: Path) -> tuple[list[dict[str, Any]], str]:
             f"{source}: no training history (an untrained model, or a run whose first epoch "
             "has not finished)"
         )
-    return history, str(path)
+    return history
 
 
 def default_plot_path(path: Path) -> Path:

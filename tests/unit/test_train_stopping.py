@@ -13,7 +13,6 @@ import contextlib
 import logging
 import os
 import signal
-import sys
 
 import pytest
 
@@ -24,7 +23,7 @@ from tests.unit.test_train import ARGS, data, run_train  # noqa: F401 (data: a f
 
 
 def test_the_first_signal_asks_the_second_stops_at_once():
-    before = signal.getsignal(signal.SIGINT)
+    before, before_term = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     with stop_on_signals() as stop:
         assert not stop.requested
         os.kill(os.getpid(), signal.SIGINT)
@@ -33,17 +32,7 @@ def test_the_first_signal_asks_the_second_stops_at_once():
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) is before
-    assert signal.getsignal(signal.SIGTERM) is not None
-
-
-@contextlib.contextmanager
-def _stderr_to(stream):
-    """sys.stderr to ``stream`` (capsys is function-scoped; the run is the module's)."""
-    old, sys.stderr = sys.stderr, stream
-    try:
-        yield
-    finally:
-        sys.stderr = old
+    assert signal.getsignal(signal.SIGTERM) is before_term
 
 
 class _SignalWhenTrainingStarts(logging.Handler):
@@ -77,7 +66,8 @@ def stopped(data, tmp_path_factory) -> dict:  # noqa: F811
     logger.setLevel(logging.INFO)
     err = out.with_name("stderr.txt")
     try:
-        with err.open("w") as stream, _stderr_to(stream):
+        # capsys is function-scoped; the run is the module's.
+        with err.open("w") as stream, contextlib.redirect_stderr(stream):
             rc = run_train(*argv)
     finally:
         logger.removeHandler(trigger)
@@ -111,7 +101,7 @@ def test_the_run_plots_its_curve_and_model_history_plots_it_again(stopped, tmp_p
     if not stopped["out"].exists():
         assert run_train(*stopped["argv"]) == 0
     assert (stopped["folder"] / history_plot.PLOT_NAME).read_bytes()[:8] == PNG_MAGIC
-    records, _ = history_plot.read_history(stopped["out"])  # the artifact's own copy
+    records = history_plot.read_history(stopped["out"])  # the artifact's own copy
     assert [r["epoch"] for r in records] == [1, 2, 3]
     assert all(0.0 <= r["probe_accuracy"] <= 1.0 and r["lr"] >= 0.0 for r in records)
     png = tmp_path / "curve.png"
