@@ -86,9 +86,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--setups",
         type=parse_setup,
         nargs="+",
-        default=[("float32", True), ("bfloat16", False), ("bfloat16", True)],
+        default=[("float32", True), ("float32", False), ("bfloat16", False), ("bfloat16", True)],
         metavar="PRECISION[+xla]",
-        help="training setups timed: default float32+xla bfloat16 bfloat16+xla",
+        help="training setups timed: default float32+xla float32 bfloat16 bfloat16+xla",
     )
     add("--batches", type=int, nargs="+", default=[1, 256], help="inference batch sizes")
     add("--seconds", type=float, default=3.0, help="measured seconds per inference figure")

@@ -51,9 +51,7 @@ def compile_model(net, recipe: Recipe, steps_per_epoch: int, xla: bool = True) -
         optimizer=optimizer,
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=recipe.label_smoothing),
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
-        # XLA on a CPU too: TensorFlow's own CPU kernel for Conv2DBackpropInput is very slow on
-        # the 1x1 and 2x2 feature maps of the stock stem at 32x32 (conv5 took 90% of a step); XLA's
-        # step ran 2.8x faster there (43 against 15 img/s on 2 cores) and as fast on the CIFAR stem.
+        # XLA or oneDNN's kernels: which is faster depends on the CPU (use_xla, measured there).
         jit_compile=xla,
     )
 
@@ -62,17 +60,28 @@ def compile_model(net, recipe: Recipe, steps_per_epoch: int, xla: bool = True) -
 POLICIES = {"mixed": "mixed_float16", "bfloat16": "mixed_bfloat16", "float32": "float32"}
 
 
-def has_amx_bf16(cpuinfo: str | None = None) -> bool:
-    """Whether this CPU has AMX with bfloat16 (Intel Sapphire Rapids and later), from Linux's
-    /proc/cpuinfo flags; False where that file is absent."""
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    """The CPU's feature flags, from Linux's /proc/cpuinfo (its first "flags" line); empty where
+    that file is absent."""
     if cpuinfo is None:
         try:
             cpuinfo = Path("/proc/cpuinfo").read_text()
         except OSError:
-            return False
-    return any(
-        line.startswith("flags") and "amx_bf16" in line.split() for line in cpuinfo.splitlines()
-    )
+            return set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            return set(line.partition(":")[2].split())
+    return set()
+
+
+def has_amx_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU has AMX with bfloat16 (Intel Sapphire Rapids and later)."""
+    return "amx_bf16" in cpu_flags(cpuinfo)
+
+
+def has_avx512(cpuinfo: str | None = None) -> bool:
+    """Whether oneDNN has its AVX-512 kernels here (its avx512_core: F, BW, VL and DQ)."""
+    return {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= cpu_flags(cpuinfo)
 
 
 def precision_policy(precision: str) -> str:
@@ -87,11 +96,16 @@ def precision_policy(precision: str) -> str:
 
 
 def use_xla(xla: bool | None, policy: str) -> bool:
-    """--xla/--no-xla, or (None) auto: XLA except for bfloat16 on a CPU, where XLA turns oneDNN's
-    AMX convolutions back into float32 (x93 f32 convolutions, half the speed)."""
+    """--xla/--no-xla, or (None) auto: XLA on a GPU; on a CPU only where oneDNN lacks AVX-512.
+    Measured, training step of the stride1 stem at batch 128 on 2 cores: with AVX-512 (no AMX)
+    oneDNN's float32 ran 63.9 img/s and XLA's 18.0, as XLA compiles its own convolutions (f32
+    x98) in place of oneDNN's; with AMX, bfloat16 without XLA ran 1.9x float32 with it. On an
+    AVX2 machine (AMD EPYC) XLA ran the stock stem's step 2.8x faster, as fast on the CIFAR stem."""
     if xla is not None:
         return xla
-    return not (policy == "mixed_bfloat16" and not has_gpu())
+    if has_gpu():
+        return True
+    return not (policy == "mixed_bfloat16" or has_avx512())
 
 
 def build_compiled(recipe: Recipe, steps_per_epoch: int, policy: str, xla: bool = True):

@@ -138,8 +138,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--xla",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="compile the training step with XLA (default: yes, except bfloat16 on a CPU, where "
-        "oneDNN's own kernels are the fast ones)",
+        help="compile the training step with XLA (default: on a GPU, and on a CPU without "
+        "AVX-512; where oneDNN has AVX-512 or AMX kernels they are the fast ones)",
     )
     add("--fresh", action="store_true", help="discard a checkpoint and start over")
 

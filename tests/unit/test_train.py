@@ -399,11 +399,28 @@ def test_auto_precision_takes_bfloat16_only_where_the_cpu_has_amx(monkeypatch):
     assert compiled.has_amx_bf16(amx)
     assert not compiled.has_amx_bf16("processor : 0\nflags : fpu avx2 avx512_bf16\n")
     monkeypatch.setattr(compiled, "has_gpu", lambda: False)
+    monkeypatch.setattr(compiled, "has_avx512", lambda cpuinfo=None: True)
     monkeypatch.setattr(compiled, "has_amx_bf16", lambda cpuinfo=None: True)
     assert compiled.precision_policy("auto") == "mixed_bfloat16"
     assert compiled.use_xla(None, "mixed_bfloat16") is False  # oneDNN's AMX kernels, not XLA's
     assert compiled.use_xla(True, "mixed_bfloat16") is True
     monkeypatch.setattr(compiled, "has_amx_bf16", lambda cpuinfo=None: False)
     assert compiled.precision_policy("auto") == "float32"
-    assert compiled.use_xla(None, "float32") is True
     assert compiled.precision_policy("bfloat16") == "mixed_bfloat16"
+
+
+def test_auto_xla_only_where_onednn_lacks_avx512(monkeypatch):
+    avx512 = "processor : 0\nflags : fpu avx2 avx512f avx512dq avx512bw avx512vl avx512_bf16\n"
+    assert compiled.has_avx512(avx512)
+    assert not compiled.has_avx512("processor : 0\nflags : fpu avx2 fma\n")
+    assert not compiled.has_avx512("processor : 0\n")  # no flags line at all
+    monkeypatch.setattr(compiled, "has_gpu", lambda: False)
+    monkeypatch.setattr(compiled, "has_avx512", lambda cpuinfo=None: True)
+    assert compiled.use_xla(None, "float32") is False  # oneDNN's avx512_core kernels
+    assert compiled.use_xla(True, "float32") is True
+    monkeypatch.setattr(compiled, "has_avx512", lambda cpuinfo=None: False)
+    assert compiled.use_xla(None, "float32") is True  # AVX2: XLA's step was the faster
+    assert compiled.use_xla(False, "float32") is False
+    monkeypatch.setattr(compiled, "has_gpu", lambda: True)
+    monkeypatch.setattr(compiled, "has_avx512", lambda cpuinfo=None: True)
+    assert compiled.use_xla(None, "mixed_float16") is True
