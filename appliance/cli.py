@@ -27,7 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("appliance.ml.train", "train the ResNet50 on CIFAR-10"),
     "evaluate": ("appliance.evaluate", "top-1, per-class accuracy and confusion matrix"),
     "bench": ("appliance.ops.bench", "benchmarks that print figures"),
-    "variants": ("appliance.variants", "accuracy against speed of the ResNet50 variants"),
+    "variants": ("appliance.ml.variants", "accuracy against speed of the ResNet50 variants"),
     "stack": ("appliance.ops.stack", "the pipeline as containers on one Docker host"),
     "userdata": ("appliance.cloud.userdata", "render an image's cloud-init user-data"),
     "deploy": ("appliance.cloud.deploy", "create the four servers on OpenStack"),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance import training_step, variants
+from appliance.ml import training_step, variants
 
 ONEDNN_OUT = """\
 onednn_verbose,v1,info,cpu,isa:Intel AVX-512 with AVX512BW, AVX512VL, AVX512DQ, AVX512_BF16

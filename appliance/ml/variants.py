@@ -144,8 +144,7 @@ def _hours(seconds: float) -> str:
 def run(args: argparse.Namespace) -> int:
     import keras
 
-    from appliance import training_step
-    from appliance.ml import compiled
+    from appliance.ml import compiled, training_step
 
     cores = os.cpu_count() or 1
     results: list[Figures] = []
