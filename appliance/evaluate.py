@@ -81,6 +81,13 @@ def predict(keras_model, images: np.ndarray, batch_size: int = 256) -> np.ndarra
     return np.concatenate(parts) if parts else np.zeros((0, keras_model.output_shape[-1]))
 
 
+def predict_mirrored(keras_model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """The mean of the probabilities for each image and its left-right mirror: test-time
+    augmentation with the flip training used, at twice the arithmetic of ``predict``."""
+    direct = predict(keras_model, images, batch_size)
+    return (direct + predict(keras_model, images[:, :, ::-1, :], batch_size)) / 2
+
+
 @dataclass(frozen=True)
 class Report:
     class_names: tuple[str, ...]
@@ -155,12 +162,14 @@ def evaluate(
     class_names: Sequence[str],
     input_size: int,
     batch_size: int = 256,
+    mirror: bool = False,
 ) -> Report:
     """Decode, predict and count: the whole evaluation of a labelled set."""
     if not samples:
         raise EvaluationError("no images to evaluate")
     truth = label_indices(samples, class_names)
-    probs = predict(keras_model, decode_samples(samples, input_size), batch_size)
+    images = decode_samples(samples, input_size)
+    probs = (predict_mirrored if mirror else predict)(keras_model, images, batch_size)
     return Report.from_labels(truth, probs.argmax(axis=1), class_names)
 
 
@@ -177,6 +186,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--limit", type=int, help="evaluate a class-balanced subset of N images (quick checks)")
     add("--batch-size", type=int, default=256)
     add("--seed", type=int, default=0, help="which subset --limit takes")
+    add(
+        "--mirror",
+        action="store_true",
+        help="average each image's probabilities with its mirror's (what test-time flipping "
+        "would give; twice the arithmetic; the server does not do it)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -187,15 +202,22 @@ def run(args: argparse.Namespace) -> int:
             truth = label_indices(samples, loaded.class_names)
             samples = [samples[i] for i in balanced_order(truth, args.seed)[: args.limit]]
         report = evaluate(
-            loaded.model, samples, loaded.class_names, loaded.input_size, args.batch_size
+            loaded.model,
+            samples,
+            loaded.class_names,
+            loaded.input_size,
+            args.batch_size,
+            args.mirror,
         )
     except (model.ModelMetadataError, datasets.DatasetError, EvaluationError) as exc:
         print(f"appliance evaluate: {exc}", file=sys.stderr)
         return 2
     # Not beside the model: the shipped one lives in the repository.
-    out = args.out or Path("build/evaluate") / f"{loaded.model_id}-{args.split}.confusion.png"
-    print(f"model {loaded.model_id} on {report.total} {args.split} images of {args.data}")
+    name = f"{loaded.model_id}-{args.split}{'-mirror' if args.mirror else ''}"
+    out = args.out or Path("build/evaluate") / f"{name}.confusion.png"
+    mirrored = ", each averaged with its mirror" if args.mirror else ""
+    print(f"model {loaded.model_id} on {report.total} {args.split} images of {args.data}{mirrored}")
     print(report.format())
-    plot_confusion(report, out, f"{loaded.model_id} on {args.split}")
+    plot_confusion(report, out, f"{loaded.model_id} on {args.split}{mirrored}")
     print(f"confusion matrix: {out}")
     return 0

@@ -116,6 +116,31 @@ def test_evaluate_gives_the_known_accuracy(tmp_path, capsys, monkeypatch):
     assert png_out.exists()
 
 
+def test_mirror_averages_each_image_with_its_left_right_mirror(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    artifact = tiny_artifact(tmp_path / "tiny.keras")
+    loaded = model.load(artifact)
+    rng = np.random.default_rng(1)
+    batch = rng.integers(0, 256, (12, 32, 32, 3), dtype=np.uint8)
+    mirrored = evaluate.predict_mirrored(loaded.model, batch, batch_size=5)
+    direct = loaded.predict(batch)
+    flipped = loaded.predict(np.ascontiguousarray(batch[:, :, ::-1, :]))  # columns reversed
+    np.testing.assert_allclose(mirrored, (direct + flipped) / 2, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(direct, flipped, atol=1e-3)  # so the mirror changed something
+    upside_down = loaded.predict(np.ascontiguousarray(batch[:, ::-1, :, :]))
+    assert not np.allclose(mirrored, (direct + upside_down) / 2, atol=1e-3)
+
+    # The command: its labels are the mirrored probabilities' argmax; the plot says so by name.
+    images = [png(image) for image in batch]
+    names = model.CIFAR10_CLASSES
+    own = write_set(tmp_path / "own", images, [names[p] for p in mirrored.argmax(axis=1)])
+    assert cli.main(["evaluate", str(artifact), str(own), "--mirror"]) == 0
+    out = capsys.readouterr().out
+    assert "each averaged with its mirror" in out
+    assert "top-1 accuracy: 100.00% (12/12)" in out
+    assert (tmp_path / "build/evaluate" / f"{loaded.model_id}-test-mirror.confusion.png").exists()
+
+
 def test_evaluate_reports_a_bad_model_path(tmp_path, capsys):
     assert cli.main(["evaluate", str(tmp_path / "none.keras"), str(tmp_path)]) == 2
     assert "metadata file not found" in capsys.readouterr().err
