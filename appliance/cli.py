@@ -25,7 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pipeline": ("appliance.pipeline", "run the whole pipeline locally and report the counts"),
     "model": ("appliance.model_cli", "create or inspect a model artifact"),
     "train": ("appliance.ml.train", "train the ResNet50 on CIFAR-10"),
-    "evaluate": ("appliance.evaluate", "top-1, per-class accuracy and confusion matrix"),
+    "evaluate": ("appliance.ml.evaluate", "top-1, per-class accuracy and confusion matrix"),
     "bench": ("appliance.ops.bench", "benchmarks that print figures"),
     "variants": ("appliance.ml.variants", "accuracy against speed of the ResNet50 variants"),
     "stack": ("appliance.ops.stack", "the pipeline as containers on one Docker host"),

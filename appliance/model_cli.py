@@ -10,8 +10,8 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from appliance import datasets, model
-from appliance.evaluate import EvaluationError
 from appliance.ml import gpu_import, history_plot, pieces
+from appliance.ml.evaluate import EvaluationError
 
 DEFAULT_OUT = "build/model/resnet50.keras"
 
@@ -136,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
 
 def pack(source: str, out: Path, data: str | None) -> model.Metadata:
     """SOURCE's weights as ``out`` (.npz), loaded back; with ``data``, its test accuracy."""
-    from appliance.evaluate import evaluate
+    from appliance.ml.evaluate import evaluate
 
     if out.suffix != ".npz":
         raise model.ModelMetadataError(f"--out {out}: a packed artifact is a .npz file")

@@ -9,7 +9,7 @@ The checks, in order, each refusing with its own message:
    mismatch, a different order);
 3. the rebuilt model's outputs on the reference images against the GPU's: the labels must agree
    on at least 99% of them, and the largest probability difference is printed;
-4. the test split evaluated with :mod:`appliance.evaluate`, then :func:`appliance.model.save`.
+4. the test split evaluated with :mod:`appliance.ml.evaluate`, then :func:`appliance.model.save`.
 
 A Keras version other than the run's is a warning, not a refusal: what a version change could
 break (the weights' order, names and shapes, or what the layers compute) is checked directly by 2
@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 
 from appliance import datasets, model
-from appliance.evaluate import balanced_order, evaluate, label_indices, predict
 from appliance.ml import pieces
+from appliance.ml.evaluate import balanced_order, evaluate, label_indices, predict
 from appliance.ml.training_data import data_sha256
 
 log = logging.getLogger(__name__)

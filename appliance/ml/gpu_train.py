@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 
 from appliance import __version__, datasets, model
-from appliance.evaluate import EvaluationError, balanced_order, decode_samples, label_indices
 from appliance.ml import pieces
+from appliance.ml.evaluate import EvaluationError, balanced_order, decode_samples, label_indices
 from appliance.ml.recipe import augmentation_words, crop_pad
 from appliance.ml.schedule import Schedule, duration, planned_steps
 from appliance.ml.training_data import DATA_SHA256_METHOD, data_sha256

@@ -15,8 +15,8 @@ from typing import Any
 from tqdm import tqdm
 
 from appliance import datasets, model
-from appliance.evaluate import evaluate
 from appliance.ml.checkpoints import save_checkpoint
+from appliance.ml.evaluate import evaluate
 from appliance.ml.history_plot import PLOT_NAME, plot_history
 from appliance.ml.recipe import Recipe, TrainingError
 from appliance.ml.stopping import StopRequest

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 from appliance import datasets, model
-from appliance.evaluate import EvaluationError, balanced_order, label_indices
 from appliance.ml.checkpoints import (
     checkpoint_dir,
     read_state,
@@ -40,6 +39,7 @@ from appliance.ml.compiled import (
     precision_policy,
     use_xla,
 )
+from appliance.ml.evaluate import EvaluationError, balanced_order, label_indices
 from appliance.ml.progress import GoNoGo, Probe, make_progress
 from appliance.ml.recipe import Recipe, TrainingError
 from appliance.ml.stopping import stop_on_signals

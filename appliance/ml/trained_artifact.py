@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance import datasets, model
-from appliance.evaluate import balanced_order, evaluate, label_indices
+from appliance.ml.evaluate import balanced_order, evaluate, label_indices
 from appliance.ml.recipe import Recipe
 from appliance.ml.training_data import DATA_SHA256_METHOD
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from appliance import datasets, model
-from appliance.evaluate import balanced_order, decode_samples, label_indices
+from appliance.ml.evaluate import balanced_order, decode_samples, label_indices
 from appliance.ml.recipe import Recipe, TrainingError
 
 log = logging.getLogger(__name__)

@@ -89,8 +89,8 @@ def labels(predict: Predict, images: np.ndarray, batch: int = 64) -> np.ndarray:
 
 def run(args: argparse.Namespace) -> int:
     from appliance import datasets, model
-    from appliance.evaluate import balanced_order, decode_samples, label_indices
     from appliance.ml import onnx_export
+    from appliance.ml.evaluate import balanced_order, decode_samples, label_indices
     from appliance.server.backends import openvino_compiled, tensorflow_call
 
     path = args.model or str(model.shipped_path())

@@ -105,7 +105,7 @@ def gpu_out(tiny_archive, tmp_path_factory) -> Path:
 
 def test_the_gpu_side_imports_no_tensorflow():
     code = ("import sys\nimport appliance.ml.gpu_train, appliance.ml.pieces, appliance.model\n"
-            "import appliance.datasets, appliance.evaluate\n"
+            "import appliance.datasets, appliance.ml.evaluate\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'tensorflow'))")  # fmt: skip
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stderr

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from appliance import model
-from appliance.evaluate import balanced_order, decode_samples, label_indices, predict
 from appliance.ml import onnx_artifact
+from appliance.ml.evaluate import balanced_order, decode_samples, label_indices, predict
 from appliance.model import CIFAR10_CLASSES
 
 from .server_fixtures import *  # noqa: F403 - the ml_server fixture

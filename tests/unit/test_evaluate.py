@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from appliance import cli, datasets, evaluate, model
+from appliance import cli, datasets, model
 from appliance.imaging import image_to_input
+from appliance.ml import evaluate
 
 
 def tiny_artifact(path: Path, input_size: int = 32, classes: int = 10) -> Path:

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from appliance import cli, model
-from appliance.evaluate import MAX_PIXELS
 from appliance.imaging import image_to_input
+from appliance.ml.evaluate import MAX_PIXELS
 
 from .test_evaluate import png, write_set
 

@@ -23,9 +23,9 @@ import numpy as np
 import pytest
 
 from appliance import datasets, model
-from appliance.evaluate import MAX_PIXELS, decode_samples
 from appliance.imaging import image_to_input
 from appliance.ml import checkpoints, compiled, train, training_data
+from appliance.ml.evaluate import MAX_PIXELS, decode_samples
 from appliance.ml.recipe import Recipe
 
 PER_CLASS = {"train": 2, "test": 1}
