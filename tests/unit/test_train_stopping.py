@@ -22,16 +22,25 @@ from appliance.ml.stopping import stop_on_signals
 from tests.unit.test_train import ARGS, data, run_train  # noqa: F401 (data: a fixture)
 
 
-def test_the_first_signal_asks_the_second_stops_at_once():
-    before, before_term = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+@pytest.fixture
+def python_sigint():
+    """Python's own SIGINT handler for the test: a shell starts a background job with SIGINT
+    ignored, and Python then leaves it ignored (`make test &` would find SIG_IGN)."""
+    found = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield signal.default_int_handler
+    signal.signal(signal.SIGINT, found)
+
+
+def test_the_first_signal_asks_the_second_stops_at_once(python_sigint):
+    before_term = signal.getsignal(signal.SIGTERM)
     with stop_on_signals() as stop:
         assert not stop.requested
         os.kill(os.getpid(), signal.SIGINT)
         assert stop.requested and stop.name == "SIGINT" and stop.exit_status == 130
-        assert signal.getsignal(signal.SIGINT) is before  # the next one acts as it would have
+        assert signal.getsignal(signal.SIGINT) is python_sigint  # the next acts as it would have
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
-    assert signal.getsignal(signal.SIGINT) is before
+    assert signal.getsignal(signal.SIGINT) is python_sigint
     assert signal.getsignal(signal.SIGTERM) is before_term
 
 
