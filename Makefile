@@ -106,7 +106,8 @@ model-cutout: venv ## STAGE3's stride1 model, 2 epochs with a 16-px Cutout, into
 # peak of 0.05, warm-up 0.3 epoch, linear to zero. Every stage so far ended with training accuracy
 # near 90%: the model is under-trained, and 2-epoch restarts spend their time climbing back from the
 # warm-up. An epoch is 16-25 minutes here, so this is two sessions' main job; the same command
-# resumes from the last checkpoint (every 15 minutes, and where SIGTERM stopped it). The probe falls
+# resumes from the last checkpoint (every 15 minutes, and where SIGTERM stopped it) while build/
+# lasts: a new session's checkout here has none (make model-finetune fits one). The probe falls
 # after a restart at this peak: bar 70%.
 LONG_ARGS ?= --stem stride1 --epochs 14 --warmup-epochs 0.3 --schedule linear --lr 0.05 --go-no-go 2:0.70
 model-long: venv ## STAGE3's stride1 model, 14 epochs (a multi-session run; resumes), into build/model-long/.
