@@ -181,7 +181,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add(
         "--out",
         type=Path,
-        help="confusion matrix PNG (default: build/evaluate/<model id>-<split>.confusion.png)",
+        help="confusion matrix PNG (default: build/evaluate/<model id>-<split>[-mirror]"
+        ".confusion.png)",
     )
     add("--limit", type=int, help="evaluate a class-balanced subset of N images (quick checks)")
     add("--batch-size", type=int, default=256)
