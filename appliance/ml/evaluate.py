@@ -67,25 +67,27 @@ def balanced_order(labels: np.ndarray, seed: int) -> np.ndarray:
     return order[np.lexsort((np.arange(len(order)), rank[order]))]
 
 
-def predict(keras_model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Class probabilities for uint8 images, through one traced direct call (as the server does)."""
+def predict(
+    keras_model, images: np.ndarray, batch_size: int = 256, mirror: bool = False
+) -> np.ndarray:
+    """Class probabilities for uint8 images, through one traced direct call (as the server does).
+    ``mirror``: each image's averaged with its left-right mirror's (test-time augmentation with
+    the flip training used, at twice the arithmetic)."""
     import tensorflow as tf
 
     spec = tf.TensorSpec([None, *images.shape[1:]], tf.uint8)
     call = tf.function(lambda x: keras_model(x, training=False), input_signature=[spec])
+
+    def probabilities(batch: np.ndarray) -> np.ndarray:
+        direct = call(batch).numpy()
+        return (direct + call(batch[:, :, ::-1, :]).numpy()) / 2 if mirror else direct
+
     batches = range(0, len(images), batch_size)
     parts = [
-        call(images[i : i + batch_size]).numpy()
+        probabilities(images[i : i + batch_size])
         for i in tqdm(batches, desc="predict", unit="batch", leave=False, delay=2)
     ]
     return np.concatenate(parts) if parts else np.zeros((0, keras_model.output_shape[-1]))
-
-
-def predict_mirrored(keras_model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """The mean of the probabilities for each image and its left-right mirror: test-time
-    augmentation with the flip training used, at twice the arithmetic of ``predict``."""
-    direct = predict(keras_model, images, batch_size)
-    return (direct + predict(keras_model, images[:, :, ::-1, :], batch_size)) / 2
 
 
 @dataclass(frozen=True)
@@ -169,7 +171,7 @@ def evaluate(
         raise EvaluationError("no images to evaluate")
     truth = label_indices(samples, class_names)
     images = decode_samples(samples, input_size)
-    probs = (predict_mirrored if mirror else predict)(keras_model, images, batch_size)
+    probs = predict(keras_model, images, batch_size, mirror)
     return Report.from_labels(truth, probs.argmax(axis=1), class_names)
 
 

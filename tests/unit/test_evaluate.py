@@ -123,7 +123,7 @@ def test_mirror_averages_each_image_with_its_left_right_mirror(tmp_path, capsys,
     loaded = model.load(artifact)
     rng = np.random.default_rng(1)
     batch = rng.integers(0, 256, (12, 32, 32, 3), dtype=np.uint8)
-    mirrored = evaluate.predict_mirrored(loaded.model, batch, batch_size=5)
+    mirrored = evaluate.predict(loaded.model, batch, batch_size=5, mirror=True)
     direct = loaded.predict(batch)
     flipped = loaded.predict(np.ascontiguousarray(batch[:, :, ::-1, :]))  # columns reversed
     np.testing.assert_allclose(mirrored, (direct + flipped) / 2, rtol=1e-5, atol=1e-6)

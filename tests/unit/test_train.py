@@ -399,7 +399,8 @@ def test_auto_precision_takes_bfloat16_only_where_the_cpu_has_amx(monkeypatch):
     assert compiled.has_amx_bf16(amx)
     assert not compiled.has_amx_bf16("processor : 0\nflags : fpu avx2 avx512_bf16\n")
     monkeypatch.setattr(compiled, "has_gpu", lambda: False)
-    monkeypatch.setattr(compiled, "has_avx512", lambda cpuinfo=None: True)
+    # Without AVX-512 (which AMX CPUs have), so bfloat16 alone must turn XLA off below.
+    monkeypatch.setattr(compiled, "has_avx512", lambda cpuinfo=None: False)
     monkeypatch.setattr(compiled, "has_amx_bf16", lambda cpuinfo=None: True)
     assert compiled.precision_policy("auto") == "mixed_bfloat16"
     assert compiled.use_xla(None, "mixed_bfloat16") is False  # oneDNN's AMX kernels, not XLA's
