@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from appliance import cli, model
+from appliance.ml import artifact_fetch
 
 from .test_evaluate import tiny_artifact
 
@@ -135,7 +136,7 @@ def http_root(tmp_path) -> Iterator[tuple[Path, str]]:
 
 def test_fetch_from_a_path(tiny, tmp_path):
     out = tmp_path / "out" / "resnet50.keras"
-    metadata = model.fetch(str(tiny), sha256(tiny), out)
+    metadata = artifact_fetch.fetch(str(tiny), sha256(tiny), out)
     assert out.read_bytes() == tiny.read_bytes()
     assert out.with_suffix(".json").read_text() == tiny.with_suffix(".json").read_text()
     assert metadata.model_sha256 == sha256(tiny)
@@ -168,21 +169,21 @@ def test_fetch_with_a_wrong_sha256_keeps_nothing(tiny, tmp_path, http_root, caps
 
 def test_fetch_failure_leaves_the_previous_artifact(tiny, tmp_path, http_root):
     out = tmp_path / "resnet50.keras"
-    model.fetch(str(tiny), sha256(tiny), out)
+    artifact_fetch.fetch(str(tiny), sha256(tiny), out)
     before = out.read_bytes()
-    with pytest.raises(model.ModelFetchError, match="does not match"):
-        model.fetch(str(tiny), "f" * 64, out)
-    with pytest.raises(model.ModelFetchError, match="HTTP 404"):
-        model.fetch(f"{http_root[1]}/none.keras", sha256(tiny), out, timeout=5)
+    with pytest.raises(artifact_fetch.ModelFetchError, match="does not match"):
+        artifact_fetch.fetch(str(tiny), "f" * 64, out)
+    with pytest.raises(artifact_fetch.ModelFetchError, match="HTTP 404"):
+        artifact_fetch.fetch(f"{http_root[1]}/none.keras", sha256(tiny), out, timeout=5)
     assert out.read_bytes() == before
 
 
 def test_fetch_refuses_metadata_of_another_model(tiny, tmp_path):
     src = with_metadata(tiny, tmp_path / "src.keras", model_sha256="a" * 64)
-    with pytest.raises(model.ModelFetchError, match="metadata belongs to another model"):
-        model.fetch(str(src), sha256(src), tmp_path / "out" / "m.keras")
+    with pytest.raises(artifact_fetch.ModelFetchError, match="metadata belongs to another model"):
+        artifact_fetch.fetch(str(src), sha256(src), tmp_path / "out" / "m.keras")
 
 
 def test_fetch_needs_a_hex_sha256(tiny, tmp_path):
-    with pytest.raises(model.ModelFetchError, match="64 hex digits"):
-        model.fetch(str(tiny), "abc", tmp_path / "m.keras")
+    with pytest.raises(artifact_fetch.ModelFetchError, match="64 hex digits"):
+        artifact_fetch.fetch(str(tiny), "abc", tmp_path / "m.keras")

@@ -16,8 +16,7 @@ import signal
 
 import pytest
 
-from appliance import model_cli
-from appliance.ml import checkpoints, history_plot
+from appliance.ml import checkpoints, history_plot, model_cli
 from appliance.ml.stopping import stop_on_signals
 from tests.unit.test_train import ARGS, data, run_train  # noqa: F401 (data: a fixture)
 

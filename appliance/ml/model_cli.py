@@ -10,7 +10,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from appliance import datasets, model
-from appliance.ml import gpu_import, history_plot, pieces
+from appliance.ml import artifact_fetch, gpu_import, history_plot, pieces
 from appliance.ml.evaluate import EvaluationError
 
 DEFAULT_OUT = "build/model/resnet50.keras"
@@ -91,7 +91,9 @@ def run(args: argparse.Namespace) -> int:
             metadata = model.create_untrained(args.path, args.input_size, args.stem)
             print(f"saved {model.artifact_paths(args.path)[0]} ({metadata.model_id})")
         elif args.action == "fetch":
-            metadata = model.fetch(args.source, args.sha256, args.out, timeout=args.timeout)
+            metadata = artifact_fetch.fetch(
+                args.source, args.sha256, args.out, timeout=args.timeout
+            )
             print(f"fetched {model.artifact_paths(args.out)[0]} ({metadata.model_id})")
         elif args.action == "pack":
             metadata = pack(args.source, args.out, args.data)
@@ -122,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps({"model_id": loaded.model_id, **asdict(loaded.metadata)}, indent=2))
     except (
         model.ModelMetadataError,
-        model.ModelFetchError,
+        artifact_fetch.ModelFetchError,
         datasets.DatasetError,
         EvaluationError,
         pieces.WeightsError,
