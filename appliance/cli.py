@@ -22,7 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "consume-db": ("appliance.consumer_db", "store images and predictions in MongoDB"),
     "dataset": ("appliance.ops.dataset_cli", "pack a camera source's split into one .tar.gz"),
     "services": ("appliance.ops.services", "start/stop local Kafka and MongoDB-protocol server"),
-    "pipeline": ("appliance.pipeline", "run the whole pipeline locally and report the counts"),
+    "pipeline": ("appliance.ops.local_pipeline", "run the whole pipeline here, report the counts"),
     "model": ("appliance.ml.model_cli", "create or inspect a model artifact"),
     "train": ("appliance.ml.train", "train the ResNet50 on CIFAR-10"),
     "evaluate": ("appliance.ml.evaluate", "top-1, per-class accuracy and confusion matrix"),

@@ -269,7 +269,7 @@ def run_local(args: argparse.Namespace, rates: list[float], samples: list[datase
     """The local services, a server and both consumers of the run's own, on its own names."""
     from pymongo import MongoClient
 
-    from appliance import pipeline
+    from appliance.ops import local_pipeline as pipeline
     from appliance.ops import pipeline_report
     from appliance.ops import services as devservices
     from appliance.server.process import ServerProcess
