@@ -16,10 +16,13 @@ from appliance.config import ConfigError
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "produce": ("appliance.producer", "simulated cameras: send images to Kafka"),
+    "produce": ("appliance.pipeline.producer", "simulated cameras: send images to Kafka"),
     "serve": ("appliance.server.run", "run the ResNet50 inference server under Gunicorn"),
-    "consume-inference": ("appliance.consumer_inference", "label images through the server"),
-    "consume-db": ("appliance.consumer_db", "store images and predictions in MongoDB"),
+    "consume-inference": (
+        "appliance.pipeline.consumer_inference",
+        "label images through the server",
+    ),
+    "consume-db": ("appliance.pipeline.consumer_db", "store images and predictions in MongoDB"),
     "dataset": ("appliance.ops.dataset_cli", "pack a camera source's split into one .tar.gz"),
     "services": ("appliance.ops.services", "start/stop local Kafka and MongoDB-protocol server"),
     "pipeline": ("appliance.ops.local_pipeline", "run the whole pipeline here, report the counts"),

@@ -19,10 +19,11 @@ from pathlib import Path
 from pymongo import MongoClient
 from tqdm import tqdm
 
-from appliance import datasets, model, producer
+from appliance import datasets, model
 from appliance.config import Settings
 from appliance.ops import services as devservices
 from appliance.ops.counts import label_quality, quality_lines
+from appliance.pipeline import producer
 from appliance.server.process import ServerProcess
 
 log = logging.getLogger(__name__)

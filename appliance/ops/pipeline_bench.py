@@ -117,7 +117,7 @@ def send_open_loop(
     progress: tqdm,
 ) -> tuple[int, float]:
     """Send at fixed times; returns (sent, how late the sender ran at most)."""
-    from appliance import kafkaio
+    from appliance.pipeline import kafkaio
 
     producer = kafkaio.make_producer(settings)
     names = [f"bench-{i:02d}" for i in range(cameras)]

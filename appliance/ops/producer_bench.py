@@ -64,7 +64,7 @@ def perf_test(classpath: str, settings: Settings, topic: str, records: int, size
 def cameras_rate(
     settings: Settings, samples: list[datasets.Sample], records: int, cams: int
 ) -> float:
-    from appliance import producer
+    from appliance.pipeline import producer
 
     began = time.perf_counter()
     counts = producer.produce(settings, samples, devices=cams, rate=0, count=records)

@@ -20,8 +20,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from appliance.consumer_db import Update, write
-from appliance.peers import mongodb_address
+from appliance.pipeline.consumer_db import Update, write
+from appliance.pipeline.peers import mongodb_address
 
 DEFAULT_SIZES = (1000, 5000, 20000)
 DEFAULT_IMAGE_BYTES = 3000  # a CIFAR-10 JPEG is 1-3 KB

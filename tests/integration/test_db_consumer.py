@@ -11,8 +11,8 @@ import time
 import pytest
 from kafka import KafkaProducer
 
-from appliance import producer
 from appliance.contract import encode_image_message, encode_prediction_message
+from appliance.pipeline import producer
 
 from .harness import Relay, wait_for
 
@@ -30,7 +30,7 @@ def send_all(settings, topic: str, messages: list[tuple[str, bytes]]) -> None:
 def test_predictions_before_images_then_full_replay(
     settings, consumers, collection, cifar_test_samples
 ):
-    from appliance.kafkaio import ensure_topics
+    from appliance.pipeline.kafkaio import ensure_topics
 
     ensure_topics(settings)
     samples = cifar_test_samples[5:205]
@@ -160,7 +160,7 @@ def test_mongodb_late_at_start_is_waited_for_by_address_then_caught_up(
 
 
 def test_arrival_times_are_stamped_as_each_chunk_is_written(collection):
-    from appliance.consumer_db import WRITE_CHUNK, Update, write
+    from appliance.pipeline.consumer_db import WRITE_CHUNK, Update, write
 
     sent: list[float] = []
 
@@ -192,7 +192,7 @@ def test_edge_cases_land_where_the_contract_says(
 ):
     """Each case beyond the malformed ones: dead-lettered with a reason, or stored as written
     down in appliance/contract.py and the README."""
-    from appliance import kafkaio
+    from appliance.pipeline import kafkaio
 
     from .test_dead_letters import read_topic
 

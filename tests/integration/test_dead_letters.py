@@ -11,9 +11,9 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer
 from PIL import Image
 
-from appliance import kafkaio
-from appliance.consumer_inference import InferenceClient, Item, label_batch
 from appliance.contract import encode_image_message
+from appliance.pipeline import kafkaio
+from appliance.pipeline.consumer_inference import InferenceClient, Item, label_batch
 
 from .harness import wait_for
 
@@ -143,7 +143,7 @@ def test_images_the_server_rejects_are_split_out(server_factory, cifar_test_samp
 
 
 def test_unreachable_server_is_retryable_not_a_rejection():
-    from appliance.consumer_inference import ServerUnavailable
+    from appliance.pipeline.consumer_inference import ServerUnavailable
 
     client = InferenceClient("http://127.0.0.1:9", timeout=2)
     with pytest.raises(ServerUnavailable):

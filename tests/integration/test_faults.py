@@ -20,10 +20,10 @@ from dataclasses import dataclass
 
 import pytest
 
-from appliance import producer
 from appliance.config import Settings
 from appliance.ops import services as devservices
 from appliance.ops.counts import measure
+from appliance.pipeline import producer
 from appliance.server.process import ServerProcess
 
 from .harness import PYTHON, ConsumerProcess, settings_env, wait_for
@@ -277,8 +277,8 @@ def test_cameras_send_again_after_an_outage_longer_than_the_delivery_timeout(
 
     from kafka import KafkaConsumer, TopicPartition
 
-    from appliance import kafkaio
     from appliance.datasets import Sample
+    from appliance.pipeline import kafkaio
 
     make_producer = kafkaio.make_producer
     # The default delivery timeout is 2 minutes; 4 s makes the same expiry in a short outage.

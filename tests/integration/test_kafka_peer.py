@@ -9,7 +9,7 @@ import threading
 import pytest
 from kafka.errors import NoBrokersAvailable
 
-from appliance import kafkaio, peers
+from appliance.pipeline import kafkaio, peers
 
 from .harness import Relay, wait_for
 
@@ -26,7 +26,7 @@ def test_a_client_is_made_once_a_silent_broker_answers(settings, caplog) -> None
         # answer its version probe within two seconds.
         with pytest.raises(NoBrokersAvailable):
             kafkaio.make_producer(slow)
-        caplog.set_level(logging.WARNING, logger="appliance.peers")
+        caplog.set_level(logging.WARNING, logger="appliance.pipeline.peers")
         made: dict[str, object] = {}
         stopper = kafkaio.Stopper()
         maker = threading.Thread(

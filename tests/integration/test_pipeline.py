@@ -9,8 +9,8 @@ import time
 import pytest
 import requests
 
-from appliance import producer
 from appliance.model import CIFAR10_CLASSES
+from appliance.pipeline import producer
 
 from .harness import wait_for
 from .server_fixtures import metric

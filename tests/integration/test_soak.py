@@ -17,9 +17,9 @@ import time
 
 import pytest
 
-from appliance import producer
 from appliance.ops.counts import measure
 from appliance.ops.proc_stats import tree
+from appliance.pipeline import producer
 
 from .harness import wait_for
 

@@ -8,8 +8,8 @@ import threading
 
 import pytest
 
-from appliance import kafkaio, peers
 from appliance.config import Settings
+from appliance.pipeline import kafkaio, peers
 
 
 def test_waits_naming_the_peer_until_it_answers(caplog):
@@ -21,7 +21,7 @@ def test_waits_naming_the_peer_until_it_answers(caplog):
             raise ConnectionRefusedError("connection refused")
         return "pong"
 
-    with caplog.at_level(logging.INFO, logger="appliance.peers"):
+    with caplog.at_level(logging.INFO, logger="appliance.pipeline.peers"):
         result = peers.wait_for(
             "MongoDB", "10.0.0.10:27017", attempt, (OSError,), kafkaio.Stopper(), max_backoff=0.01
         )
@@ -66,6 +66,9 @@ def test_kafka_that_is_not_there_is_waited_for_by_address(caplog):
     settings = Settings(kafka_bootstrap_servers=f"127.0.0.1:{port}")
     stopper = kafkaio.Stopper()
     threading.Timer(3.0, stopper.event.set).start()
-    with caplog.at_level(logging.WARNING, logger="appliance.peers"), pytest.raises(peers.Stopped):
+    with (
+        caplog.at_level(logging.WARNING, logger="appliance.pipeline.peers"),
+        pytest.raises(peers.Stopped),
+    ):
         peers.wait_for_kafka(settings, stopper)
     assert any(f"waiting for Kafka at 127.0.0.1:{port}" in r.getMessage() for r in caplog.records)

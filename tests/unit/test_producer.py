@@ -1,7 +1,7 @@
 import itertools
 
 from appliance.datasets import Sample
-from appliance.producer import device_names, ordered
+from appliance.pipeline.producer import device_names, ordered
 
 SAMPLES = [Sample(str(i), bytes([i]), "cat") for i in range(5)]
 
@@ -50,7 +50,7 @@ def test_a_source_with_images_over_the_limit_is_refused_before_anything_is_sent(
 def test_a_dropped_clients_unanswered_sends_count_as_failed_once():
     from kafka.errors import KafkaTimeoutError
 
-    from appliance.producer import Counts
+    from appliance.pipeline.producer import Counts
 
     counts = Counts()
     answered, _ = counts.sending()

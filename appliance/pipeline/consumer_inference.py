@@ -19,9 +19,9 @@ from typing import NamedTuple
 import requests
 from kafka.consumer.fetcher import ConsumerRecord
 
-from appliance import kafkaio, peers
 from appliance.config import Settings
 from appliance.contract import BadMessage, encode_prediction_message, parse_image_message
+from appliance.pipeline import kafkaio, peers
 
 log = logging.getLogger(__name__)
 NAME = "consume-inference"

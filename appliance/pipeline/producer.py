@@ -21,9 +21,10 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError, KafkaTimeoutError
 from tqdm import tqdm
 
-from appliance import datasets, kafkaio, peers
+from appliance import datasets
 from appliance.config import Settings
 from appliance.contract import encode_image_message
+from appliance.pipeline import kafkaio, peers
 
 log = logging.getLogger(__name__)
 ORDERS = ("sequential", "shuffle", "random")

@@ -17,8 +17,8 @@ from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 from pymongo.uri_parser import parse_uri
 
-from appliance import kafkaio
 from appliance.config import Settings
+from appliance.pipeline import kafkaio
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

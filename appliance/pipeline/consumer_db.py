@@ -22,9 +22,9 @@ from pymongo import MongoClient, UpdateOne
 from pymongo.collection import Collection
 from pymongo.errors import AutoReconnect, BulkWriteError, ConnectionFailure, ExecutionTimeout
 
-from appliance import kafkaio, peers
 from appliance.config import Settings
 from appliance.contract import BadMessage, parse_image_message, parse_prediction_message
+from appliance.pipeline import kafkaio, peers
 
 log = logging.getLogger(__name__)
 NAME = "consume-db"
