@@ -23,15 +23,14 @@ import json
 import logging
 import os
 import re
-import socket
 import time
-import urllib.request
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from appliance.cloud import credentials, plan, topology, transport, userdata
+from appliance.cloud.openstack_resources import ensure_keypair, ensure_security_groups, find_image
+from appliance.cloud.readiness import console_says_finished, health_check, wait_until
 from appliance.config import ConfigError
 
 log = logging.getLogger(__name__)
@@ -134,88 +133,6 @@ def check_name(name: str) -> str:
     return name
 
 
-def find_image(conn: Any, role: str, version: str, override: str | None) -> Any:
-    if override:
-        image = conn.image.find_image(override, ignore_missing=True)
-        if image is None:
-            raise ConfigError(f"--image {role}={override}: no such image")
-        return image
-    prefix = f"appliance-{role}-{version}-"
-    candidates = [
-        image
-        for image in conn.image.images()
-        if (image.name or "").startswith(prefix) and image.status == "active"
-    ]
-    if not candidates:
-        raise ConfigError(
-            f"no active image named {prefix}* (bake it: make image-{role} CLOUD=chameleon, "
-            f"or name one with --image {role}=NAME)"
-        )
-    return max(candidates, key=lambda image: image.created_at or "")
-
-
-def ensure_keypair(conn: Any, args: argparse.Namespace, created: list[dict[str, str]]) -> None:
-    if conn.compute.find_keypair(args.key_name, ignore_missing=True) is not None:
-        return
-    if not args.public_key:
-        raise ConfigError(
-            f"key pair {args.key_name!r} does not exist; create it or pass --public-key FILE"
-        )
-    public_key = Path(args.public_key).read_text(encoding="utf-8").strip()
-    conn.compute.create_keypair(name=args.key_name, public_key=public_key)
-    created.append({"type": "keypair", "name": args.key_name})
-    log.info("created key pair %s", args.key_name)
-
-
-def ensure_security_groups(
-    conn: Any, name: str, admin_cidr: str | None, created: list[dict[str, str]]
-) -> dict[str, str]:
-    """One group per image (created with its rules the first time); returns role -> group ID."""
-    groups: dict[str, Any] = {}
-    fresh: set[str] = set()
-    for role in topology.ROLES:
-        group_name = f"{name}-{role}"
-        group = conn.network.find_security_group(group_name, ignore_missing=True)
-        if group is None:
-            group = conn.network.create_security_group(
-                name=group_name,
-                description=f"appliance {name}: {role} ({topology.ROLES[role].summary})",
-            )
-            created.append({"type": "security_group", "id": group.id, "name": group_name})
-            fresh.add(role)
-            log.info("created security group %s", group_name)
-        groups[role] = group
-    for role in fresh:
-        for port, sources in topology.ROLES[role].ports:
-            for source in sources:
-                conn.network.create_security_group_rule(
-                    security_group_id=groups[role].id,
-                    direction="ingress",
-                    ethertype="IPv4",
-                    protocol="tcp",
-                    port_range_min=port,
-                    port_range_max=port,
-                    remote_group_id=groups[source].id,
-                )
-            if admin_cidr:
-                add_cidr_rule(conn, groups[role].id, port, admin_cidr)
-        if admin_cidr:
-            add_cidr_rule(conn, groups[role].id, 22, admin_cidr)
-    return {role: group.id for role, group in groups.items()}
-
-
-def add_cidr_rule(conn: Any, group_id: str, port: int, cidr: str) -> None:
-    conn.network.create_security_group_rule(
-        security_group_id=group_id,
-        direction="ingress",
-        ethertype="IPv6" if ":" in cidr else "IPv4",
-        protocol="tcp",
-        port_range_min=port,
-        port_range_max=port,
-        remote_ip_prefix=cidr,
-    )
-
-
 def ensure_port(conn: Any, name: str, member: Member, network_id: str, group_id: str) -> None:
     port_name = f"{name}-{member.role}"
     port = conn.network.find_port(port_name, ignore_missing=True)
@@ -231,53 +148,6 @@ def ensure_port(conn: Any, name: str, member: Member, network_id: str, group_id:
         raise RuntimeError(f"port {port_name} has no fixed IP")
     # An IPv4 address when there is one: the containers' settings use it.
     member.address = next((ip for ip in ips if ":" not in ip), ips[0])
-
-
-def wait_until(what: str, check: Callable[[], bool], timeout: float, poll: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        if check():
-            return
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"{what}: not after {timeout:.0f} s")
-        time.sleep(poll)
-
-
-def tcp_open(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=3):
-            return True
-    except OSError:
-        return False
-
-
-def http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
-def health_check(role: str, host: str) -> Callable[[], bool] | None:
-    """What answers once ROLE's container is serving; None where nothing listens (producer)."""
-    hp = topology.host_port(host, 0).rsplit(":", 1)[0]
-    if role == "ml-server":
-        return lambda: http_ok(f"http://{hp}:{topology.ML_SERVER_PORT}/healthz")
-    if role == "kafka":
-        return lambda: tcp_open(host, topology.KAFKA_PORT)
-    if role == "mongodb":
-        return lambda: tcp_open(host, topology.MONGODB_PORT)
-    return None
-
-
-def console_says_finished(conn: Any, server_id: str, role: str) -> bool:
-    try:
-        output = conn.compute.get_server_console_output(server_id).get("output") or ""
-    except Exception as exc:  # some clouds refuse console logs for a while after boot
-        log.debug("console of %s not readable yet: %s", role, exc)
-        return False
-    return f"appliance {role}: cloud-init finished" in output
 
 
 def state_path(name: str) -> Path:

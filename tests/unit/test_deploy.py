@@ -19,7 +19,7 @@ pytest.importorskip("openstack", reason="openstacksdk comes with the cloud extra
 yaml = pytest.importorskip("yaml")
 
 from appliance import cli  # noqa: E402
-from appliance.cloud import credentials, deploy, topology, transport  # noqa: E402
+from appliance.cloud import credentials, deploy, readiness, topology, transport  # noqa: E402
 from appliance.config import ConfigError  # noqa: E402
 from tests.infra.fake_openstack import FakeOpenStack  # noqa: E402
 
@@ -300,8 +300,8 @@ def test_health_checks_talk_to_real_sockets():
         listener.bind(("127.0.0.1", 0))
         listener.listen()
         port = listener.getsockname()[1]
-        assert deploy.tcp_open("127.0.0.1", port)
-    assert not deploy.tcp_open("127.0.0.1", port)
+        assert readiness.tcp_open("127.0.0.1", port)
+    assert not readiness.tcp_open("127.0.0.1", port)
 
     class Health(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
@@ -315,17 +315,17 @@ def test_health_checks_talk_to_real_sockets():
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         base = f"http://127.0.0.1:{server.server_address[1]}"
-        assert deploy.http_ok(f"{base}/healthz")
-        assert not deploy.http_ok(f"{base}/other")
+        assert readiness.http_ok(f"{base}/healthz")
+        assert not readiness.http_ok(f"{base}/other")
     finally:
         server.shutdown()
         server.server_close()
-    assert deploy.health_check("producer", "10.0.0.1") is None
+    assert readiness.health_check("producer", "10.0.0.1") is None
 
 
 def test_wait_until_times_out_with_the_reason():
     with pytest.raises(TimeoutError, match="kafka: its service port: not after 0 s"):
-        deploy.wait_until("kafka: its service port", lambda: False, 0.05, 0.01)
+        readiness.wait_until("kafka: its service port", lambda: False, 0.05, 0.01)
 
 
 def test_config_errors_are_config_errors():
