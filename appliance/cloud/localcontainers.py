@@ -19,30 +19,33 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
 import time
-import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from appliance.cloud import credentials, topology, transport
 from appliance.cloud import plan as plans
+from appliance.cloud.docker_converge import INFRA, REPO, converge
 from appliance.cloud.localvm import HOST_NUMBER, check_subnet
+from appliance.cloud.systemd_containers import (
+    DockerError,
+    cgroup_of,
+    docker,
+    run_systemd,
+    wait_systemd,
+)
 from appliance.cloud.writefiles import apply_write_files
 from appliance.config import ConfigError
 
 # This provider's private network by default (the VM provider's is 10.213.57.0/24).
 SUBNET = "10.213.58.0/24"
-REPO = Path(__file__).resolve().parents[2]
-INFRA = REPO / "tests" / "infra"
 BASE_IMAGE = "appliance-test/debian-systemd:bookworm"
 PREPARED_REPOSITORY = "appliance-test/prepared"
 # What `make save` writes (consumers.tar.gz is the kafka image under its other name).
 TARBALLS = ("producer", "ml-server", "kafka", "consumers", "mongodb")
-IMAGE_PREFIX = "appliance"
 # Inner Docker storage. /var/lib/docker is an anonymous volume on the host's ext4, not on the
 # container's own overlay, so the inner dockerd runs on overlay2 there (found with Docker 20.10 on
 # ext4: all four images load and run; the ml-server converge, its 1.6 GB TensorFlow image of then
@@ -50,9 +53,6 @@ IMAGE_PREFIX = "appliance"
 # vfs would copy each image once per layer. vfs stays the fallback for a host where the inner
 # dockerd cannot start on overlay2.
 STORAGE_DRIVERS = ("overlay2", "vfs")
-# A container without systemd up after this long is broken.
-SYSTEMD_TIMEOUT = 120
-CONVERGE_TIMEOUT = 1800
 
 # Memory limits (MiB) of the systemd containers, their inner containers included (the inner
 # dockerd's cgroup parent is the outer container's cgroup): 8 GiB for all four. TensorFlow and the
@@ -82,27 +82,6 @@ class State:
     containers: dict[str, Container] = field(default_factory=dict)
 
 
-class DockerError(RuntimeError):
-    pass
-
-
-def docker(
-    *args: str, timeout: float = 300, check: bool = True
-) -> subprocess.CompletedProcess[str]:
-    """``docker ARGS``; a failure raises with docker's own message."""
-    result = subprocess.run(
-        ["docker", *args], capture_output=True, text=True, timeout=timeout, check=False
-    )
-    if check and result.returncode:
-        raise DockerError(f"docker {' '.join(args[:3])}: {result.stderr.strip()[-400:]}")
-    return result
-
-
-def pyproject_version() -> str:
-    with (REPO / "pyproject.toml").open("rb") as f:
-        return tomllib.load(f)["project"]["version"]
-
-
 def check_tarballs(containers_dir: Path) -> Path:
     missing = [t for t in TARBALLS if not (containers_dir / f"{t}.tar.gz").is_file()]
     if missing:
@@ -111,16 +90,6 @@ def check_tarballs(containers_dir: Path) -> Path:
             "run `make containers save`"
         )
     return containers_dir.resolve()
-
-
-def cgroup_of(name: str) -> str:
-    """A container's cgroup on this host, for its inner dockerd's cgroup parent: the inner
-    containers then count against the outer one's memory limit. Under --cgroupns=host the inner
-    dockerd would otherwise put them in the host's /docker, outside any limit."""
-    ident = docker("container", "inspect", "--format", "{{.Id}}", name).stdout.strip()
-    if docker("info", "--format", "{{.CgroupDriver}}").stdout.strip() == "systemd":
-        return f"/system.slice/docker-{ident}.scope"
-    return f"/docker/{ident}"
 
 
 # -- the provider ------------------------------------------------------------------------------
@@ -248,8 +217,8 @@ class ContainerCloud:
         self.say(f"prepared image: common + docker roles, inner storage {driver} (log {logfile})")
         start = time.monotonic()
         try:
-            self.run_systemd(name, BASE_IMAGE, [])
-            ok = self.converge(name, INFRA / "prepare.yml", logfile, driver, {})
+            run_systemd(name, BASE_IMAGE, [])
+            ok = converge(name, INFRA / "prepare.yml", logfile, driver, {})
             actual = docker("exec", name, "docker", "info", "--format", "{{.Driver}}",
                             check=False).stdout.strip()  # fmt: skip
             if actual != driver:
@@ -272,68 +241,6 @@ class ContainerCloud:
 
     # -- containers --------------------------------------------------------------------------
 
-    def run_systemd(self, name: str, image: str, options: list[str]) -> None:
-        """A systemd container (tests/infra/run.sh's run_container options, and more), up."""
-        docker("rm", "-f", "-v", name, check=False)
-        docker(
-            "run", "-d", "--name", name, "--hostname", name,
-            "--cap-add", "SYS_ADMIN", "--cap-add", "NET_ADMIN",
-            # docker exec into an inner container that runs as a user (mongodb's health check)
-            # opens that process's /proc/PID/ns/*: without SYS_PTRACE, "error executing setns".
-            "--cap-add", "SYS_PTRACE",
-            "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined",
-            "--cgroupns=host", "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw",
-            "--tmpfs", "/run", "--tmpfs", "/run/lock", "--tmpfs", "/tmp",
-            # The inner dockerd's storage: a volume on the host's file system, kept across boots.
-            "-v", "/var/lib/docker",
-            # systemd halts on SIGRTMIN+3; SIGTERM (docker's default) only makes it re-execute.
-            "--stop-signal", "SIGRTMIN+3",
-            *options, image,
-        )  # fmt: skip
-        self.wait_systemd(name)
-
-    def wait_systemd(self, name: str) -> None:
-        deadline = time.monotonic() + SYSTEMD_TIMEOUT
-        state = ""
-        while time.monotonic() < deadline:
-            state = docker("exec", name, "systemctl", "is-system-running", check=False).stdout
-            if state.strip() in ("running", "degraded"):
-                return
-            time.sleep(1)
-        raise DockerError(f"{name}: systemd did not come up in {SYSTEMD_TIMEOUT} s ({state!r})")
-
-    def converge(
-        self, name: str, playbook: Path, logfile: Path, driver: str, extra: dict[str, object]
-    ) -> bool:
-        """ansible-playbook over the docker CLI (tests/infra/connection_plugins), as run.sh."""
-        ansible = Path(sys.executable).parent / "ansible-playbook"
-        if not ansible.exists():
-            raise ConfigError(f"{ansible} is missing: make infra-venv")
-        env = {
-            **os.environ,
-            "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
-            "ANSIBLE_CONNECTION_PLUGINS": str(INFRA / "connection_plugins"),
-            "ANSIBLE_NOCOLOR": "1",
-            "PATH": f"{ansible.parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        }
-        variables = {
-            "appliance_image_prefix": IMAGE_PREFIX,
-            "appliance_version": pyproject_version(),
-            "docker_storage_driver": driver,
-            # sysprep readies a disk for snapshotting (machine-id, host keys, apt lists gone);
-            # here the converged container itself boots, so there is nothing to snapshot.
-            "appliance_sysprep": False,
-            **extra,
-        }
-        with logfile.open("w") as f:
-            result = subprocess.run(
-                [str(ansible), "-i", f"{name},", "-c", "docker_cli",
-                 "-e", f"@{INFRA / 'vars.yml'}", "-e", json.dumps(variables), str(playbook)],
-                cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT, timeout=CONVERGE_TIMEOUT,
-                check=False,
-            )  # fmt: skip
-        return result.returncode == 0
-
     def exists(self, state: State, role: str) -> bool:
         name = state.containers[role].name
         return docker("container", "inspect", name, check=False).returncode == 0
@@ -355,7 +262,7 @@ class ContainerCloud:
         start = time.monotonic()
         options = ["--network", state.network, "--ip", ctr.address, "--memory",
                    f"{ctr.memory_mib}m", "--memory-swap", f"{ctr.memory_mib}m"]  # fmt: skip
-        self.run_systemd(ctr.name, state.image, options)
+        run_systemd(ctr.name, state.image, options)
         logfile = self.logs / f"{boot.role}-converge.log"
         self.say(f"{boot.role}: converging images/{boot.role}/playbook.yml into {ctr.name} "
                  f"(log {logfile})")  # fmt: skip
@@ -363,7 +270,7 @@ class ContainerCloud:
             "appliance_containers_dir": state.containers_dir,
             "docker_daemon_options": {"cgroup-parent": cgroup_of(ctr.name)},
         }
-        if not self.converge(ctr.name, REPO / "images" / boot.role / "playbook.yml", logfile,
+        if not converge(ctr.name, REPO / "images" / boot.role / "playbook.yml", logfile,
                              state.storage_driver, extra):  # fmt: skip
             tail = "\n".join(logfile.read_text().splitlines()[-15:])
             raise DockerError(f"{boot.role}: the playbook failed (log {logfile}):\n{tail}")
@@ -384,7 +291,7 @@ class ContainerCloud:
         ctr = state.containers[role]
         if not self.running(state, role):
             docker("start", ctr.name)
-        self.wait_systemd(ctr.name)
+        wait_systemd(ctr.name)
         ctr.boots += 1
         if not ctr.first_boot:
             written = apply_write_files(self.seed(role).read_text(),
