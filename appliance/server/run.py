@@ -97,7 +97,7 @@ def gunicorn_argv() -> list[str]:
 def check_env(env: Mapping[str, str]) -> None:
     """Refuse to start on settings a worker would fail on, naming the setting."""
     from appliance.model import artifact_paths
-    from appliance.server.app import ServerSettings
+    from appliance.server.settings import ServerSettings
 
     settings = ServerSettings.from_env(env)
     if not settings.model_path:

@@ -14,7 +14,7 @@ import pytest
 from appliance import model
 from appliance.config import ConfigError
 from appliance.ml import onnx_artifact
-from appliance.server.app import ServerSettings
+from appliance.server.settings import ServerSettings
 
 pytest.importorskip("onnx", reason="the runtimes extra (make venv installs it)")
 

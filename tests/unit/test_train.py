@@ -74,14 +74,15 @@ def run_train(*argv: str) -> int:
 
 
 def test_training_and_serving_give_the_model_the_same_input(data):
-    from appliance.server.app import ServerSettings, _to_input
+    from appliance.server.request_parsing import to_input
+    from appliance.server.settings import ServerSettings
 
     everything = dataclasses.replace(recipe(data), limit=None)
     train_split, _, _ = training_data.load_training_data(str(data), everything)
     samples = datasets.load(str(data), "train")
     settings = ServerSettings()
     for sample in samples:
-        served = _to_input(sample.image, "image", settings, 32)
+        served = to_input(sample.image, "image", settings, 32)
         assert served.dtype == np.uint8 and served.shape == (32, 32, 3)
         # The training set holds exactly that array (decoded once, by the same function).
         assert any(np.array_equal(served, image) for image in train_split.images)
