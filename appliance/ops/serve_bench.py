@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import argparse
 import base64
-import http.client
 import io
 import json
 import logging
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from appliance.model import GRAPH_SUFFIX
+from appliance.ops.bench_loads import Clients, InProcess, Load
 from appliance.server.backends import BACKENDS
 from appliance.server.process import ServerProcess, default_workers
 
@@ -132,9 +131,9 @@ def _compare(
 ) -> tuple[Result, Result]:
     """Phases 1 and 2, taking turns."""
     with _Server("server", model_path, args, tmp, threads, workers) as server:
-        model = _InProcess(model_path, args.batch, args.backend)
-        clients = _Clients(server.port, bodies, args.clients)
-        loads: dict[str, _Load] = {"in-process": model, "server": clients}
+        model = InProcess(model_path, args.batch, args.backend)
+        clients = Clients(server.port, bodies, args.clients)
+        loads: dict[str, Load] = {"in-process": model, "server": clients}
         try:
             for load in loads.values():
                 load.start()
@@ -155,7 +154,7 @@ def _compare(
     return in_process, result
 
 
-def _take_turns(loads: dict[str, _Load], seconds: float, rounds: int) -> dict[str, float]:
+def _take_turns(loads: dict[str, Load], seconds: float, rounds: int) -> dict[str, float]:
     """Run each load alone for seconds/rounds, round after round; images/s of each."""
     from tqdm import tqdm
 
@@ -204,139 +203,6 @@ def _default_model(tmp: Path) -> str:
     print("bench: no --model given, creating an untrained ResNet50 ...", file=sys.stderr)
     create_untrained(path)
     return str(path)
-
-
-# --- loads: things that make images/s, switched on and off ------------------------------------
-
-
-class _Load:
-    """Worker threads that count finished images while ``go`` is set, until ``stop``."""
-
-    def __init__(self, count: int) -> None:
-        self.go = threading.Event()
-        self.stop = threading.Event()
-        self._done = [0] * count
-        self._busy = [False] * count
-        self._threads = [
-            threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(count)
-        ]
-
-    def start(self) -> None:
-        for thread in self._threads:
-            thread.start()
-
-    def done(self) -> int:
-        return sum(self._done)
-
-    def run_for(self, seconds: float) -> None:
-        self.go.set()
-        time.sleep(seconds)
-        self.pause()
-
-    def pause(self, timeout: float = 30.0) -> None:
-        """Switch off and wait for the work in flight to finish."""
-        self.go.clear()
-        deadline = time.monotonic() + timeout
-        while any(self._busy) and time.monotonic() < deadline:
-            time.sleep(0.02)
-
-    def join(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        for thread in self._threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
-
-    def finish(self) -> None:
-        """Stop for good (``go`` is set too, to wake paused threads)."""
-        self.stop.set()
-        self.go.set()
-
-    def _run(self, index: int) -> None:
-        while True:
-            # Paused threads block here without polling: 256 pollers would slow what is measured.
-            self.go.wait()
-            if self.stop.is_set():
-                break
-            self._busy[index] = True
-            try:
-                self._done[index] += self.step(index)
-            finally:
-                self._busy[index] = False
-        self.close(index)
-
-    def step(self, index: int) -> int:
-        """Do one unit of work; return the images it finished."""
-        raise NotImplementedError
-
-    def close(self, index: int) -> None:
-        """Release what thread ``index`` holds."""
-
-
-class _InProcess(_Load):
-    """The server's compiled model call, at batch B, in this process."""
-
-    def __init__(self, model_path: str, batch: int, backend: str = "tensorflow") -> None:
-        from appliance.server import backends
-
-        super().__init__(1)
-        loaded = backends.load(model_path, threads=0)
-        # The very function the server's batcher calls, on the same backend.
-        self.call = backends.model_call(backend, loaded, threads=0)
-        size = loaded.input_size
-        self.batch = np.random.default_rng(0).integers(0, 256, (batch, size, size, 3), np.uint8)
-        self.call(self.batch)  # trace outside the measurement
-
-    def step(self, index: int) -> int:
-        self.call(self.batch)
-        return len(self.batch)
-
-
-class _Clients(_Load):
-    """C threads, each one persistent connection sending one single-image request after another."""
-
-    def __init__(self, port: int, bodies: list[bytes], count: int) -> None:
-        super().__init__(count)
-        self.port = port
-        self.bodies = bodies
-        self.first_error: str | None = None
-        self._errors = [0] * count
-        self._sent = [0] * count
-        self._conns: list[http.client.HTTPConnection | None] = [None] * count
-
-    def errors(self) -> int:
-        return sum(self._errors)
-
-    def step(self, index: int) -> int:
-        conn = self._conns[index]
-        if conn is None:
-            conn = self._conns[index] = http.client.HTTPConnection(
-                "127.0.0.1", self.port, timeout=120
-            )
-        body = self.bodies[(index + self._sent[index]) % len(self.bodies)]
-        self._sent[index] += 1
-        try:
-            conn.request("POST", "/predict", body, {"Content-Type": "application/json"})
-            response = conn.getresponse()
-            response.read()
-        except (OSError, http.client.HTTPException) as exc:
-            conn.close()
-            self._conns[index] = None
-            if not self.stop.is_set():  # the server going away at the end is no error
-                self._error(index, f"{type(exc).__name__}: {exc}")
-            return 0
-        if response.status != 200:
-            self._error(index, f"HTTP {response.status}")
-            return 0
-        return 1
-
-    def close(self, index: int) -> None:
-        conn = self._conns[index]
-        if conn is not None:
-            conn.close()
-
-    def _error(self, index: int, reason: str) -> None:
-        self._errors[index] += 1
-        if self.first_error is None:
-            self.first_error = reason
 
 
 # --- the server under test --------------------------------------------------------------------
@@ -395,7 +261,7 @@ class _Server(ServerProcess):
 
     def measure(self, bodies: list[bytes]) -> Result:
         """Phase 3: the clients alone against this server."""
-        clients = _Clients(self.port, bodies, self.args.clients)
+        clients = Clients(self.port, bodies, self.args.clients)
         clients.start()
         try:
             # No pause after the warm-up: a naive server's queue would take long to drain.
