@@ -68,17 +68,8 @@ from appliance.ops.services.kafka import (
     render_pom,
     render_server_properties,
 )
-from appliance.ops.services.lifecycle import (
-    Toolchain,
-    down,
-    find_toolchain,
-    is_running,
-    kafka_login,
-    read_state,
-    status,
-    up,
-    write_state,
-)
+from appliance.ops.services.launch import Toolchain, find_toolchain
+from appliance.ops.services.lifecycle import down, is_running, kafka_login, status, up
 from appliance.ops.services.mongodb import (
     FERRETDB_ID_LOOKUP,
     FERRETDB_PATCH_LEVEL,
@@ -95,6 +86,7 @@ from appliance.ops.services.processes import (
     spawn_detached,
     stop_process,
 )
+from appliance.ops.services.state import read_state, write_state
 from appliance.ops.services.tools import GO, JAVA, MAVEN, Tool, find_tool, run_step
 
 __all__ = [
