@@ -1,4 +1,4 @@
-"""`appliance train`: one shared input path, reproducible batches, a real interruption and resume.
+"""`appliance train`: a real interruption and resume, and what the trained artifact records.
 
 The training run is a real ResNet50 (stock stem, 32x32) on 16 CIFAR-10 images, 3 epochs of 2
 steps: started as a process, killed with SIGKILL once its first checkpoint exists, then resumed by
@@ -8,8 +8,6 @@ the same command in-process. Every check on the trained artifact shares that one
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import hashlib
 import logging
 import os
 import signal
@@ -24,8 +22,8 @@ import pytest
 
 from appliance import datasets, model
 from appliance.imaging import image_to_input
-from appliance.ml import checkpoints, compiled, train, training_data
-from appliance.ml.evaluate import MAX_PIXELS, decode_samples
+from appliance.ml import checkpoints, train, training_data
+from appliance.ml.evaluate import MAX_PIXELS
 from appliance.ml.recipe import Recipe
 
 PER_CLASS = {"train": 2, "test": 1}
@@ -68,122 +66,6 @@ def run_train(*argv: str) -> int:
     parser = argparse.ArgumentParser()
     train.add_arguments(parser)
     return train.run(parser.parse_args(list(argv)))
-
-
-# --- the input path and the batches (no model) ----------------------------------------------------
-
-
-def test_training_and_serving_give_the_model_the_same_input(data):
-    from appliance.server.request_parsing import to_input
-    from appliance.server.settings import ServerSettings
-
-    everything = dataclasses.replace(recipe(data), limit=None)
-    train_split, _, _ = training_data.load_training_data(str(data), everything)
-    samples = datasets.load(str(data), "train")
-    settings = ServerSettings()
-    for sample in samples:
-        served = to_input(sample.image, "image", settings, 32)
-        assert served.dtype == np.uint8 and served.shape == (32, 32, 3)
-        # The training set holds exactly that array (decoded once, by the same function).
-        assert any(np.array_equal(served, image) for image in train_split.images)
-        np.testing.assert_array_equal(decode_samples([sample], 32)[0], served)
-
-
-def crops_and_flips(image: np.ndarray, pad: int) -> list[np.ndarray]:
-    size = image.shape[0]
-    padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)))
-    offsets = range(2 * pad + 1)
-    crops = [padded[y : y + size, x : x + size] for y in offsets for x in offsets]
-    return crops + [c[:, ::-1] for c in crops]
-
-
-def test_augmentation_is_a_seeded_crop_and_flip():
-    images = np.random.default_rng(0).integers(1, 256, (16, 32, 32, 3), dtype=np.uint8)
-    seed = np.array([0, 5], dtype=np.int64)
-    out = np.asarray(training_data.augment_batch(images, seed, pad=4))
-    assert out.shape == images.shape and out.dtype == np.uint8
-    for original, augmented in zip(images, out, strict=True):
-        assert any(np.array_equal(augmented, c) for c in crops_and_flips(original, 4))
-    assert np.array_equal(out, np.asarray(training_data.augment_batch(images, seed, pad=4)))
-    other = np.asarray(training_data.augment_batch(images, np.array([0, 6]), pad=4))
-    assert not np.array_equal(out, other)
-    assert not np.array_equal(out, images)
-
-
-def test_cutout_zeroes_one_seeded_square_and_keeps_the_crops_and_flips():
-    images = np.random.default_rng(1).integers(1, 256, (32, 32, 32, 3), dtype=np.uint8)
-    seed = np.array([0, 5], dtype=np.int64)
-    plain = np.asarray(training_data.augment_batch(images, seed, pad=4))
-    cut = np.asarray(training_data.augment_batch(images, seed, pad=4, cutout=16))
-    assert np.array_equal(cut, np.asarray(training_data.augment_batch(images, seed, 4, cutout=16)))
-    for before, after in zip(plain, cut, strict=True):
-        changed = np.argwhere((before != after).any(axis=-1))
-        # Only zeros were written, inside one square of at most 16 x 16 (clipped at the edges).
-        assert (after[tuple(changed.T)] == 0).all()
-        rows, cols = changed[:, 0], changed[:, 1]
-        assert rows.max() - rows.min() < 16 and cols.max() - cols.min() < 16
-        # The crop's own zero padding may overlap it, but never covers all of it.
-        height, width = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
-        assert len(changed) == height * width or (before == 0).any()
-    # Squares differ in place from image to image; some are clipped, most cover more than a
-    # quarter of the full square.
-    areas = [int((b != a).any(axis=-1).sum()) for b, a in zip(plain, cut, strict=True)]
-    assert len(set(areas)) > 1 and sum(a > 64 for a in areas) > len(areas) // 2
-
-
-@pytest.mark.parametrize("value", ["-1", "33"])
-def test_a_cutout_outside_zero_to_the_input_size_is_refused(data, value, capsys):
-    assert run_train("--data", str(data), *ARGS, "--cutout", value) == 2
-    assert f"--cutout {value}: the square's side must be 0 (none) to the input size (32 px)" in (
-        capsys.readouterr().err
-    )
-
-
-def test_a_run_with_cutout_records_it_and_does_not_resume_one_without(data):
-    r = recipe(data)
-    cut = dataclasses.replace(r, cutout=16)
-    assert cut.augmentation.endswith(", a 16-px square cut out")
-    assert r.augmentation == "random crop from 4-px zero padding, horizontal flip"
-    saved = dataclasses.asdict(r)
-    del saved["cutout"]  # a checkpoint from before the field: no cutout
-    assert checkpoints.recipe_differences({"recipe": saved}, r) == []
-    assert checkpoints.recipe_differences({"recipe": saved}, cut) == ["cutout"]
-
-
-def test_a_resumed_run_sees_the_same_batches():
-    images = np.arange(40, dtype=np.uint8).reshape(40, 1, 1, 1)
-    split = training_data.Split(images, np.arange(40) % 10)
-    r = Recipe(
-        stem="stock", input_size=1, epochs=3, batch_size=8, peak_lr=0.1, warmup_epochs=0,
-        momentum=0.9, weight_decay=0, label_smoothing=0, seed=3, limit=None, val_split=0,
-        data_sha256="",
-    )  # fmt: skip
-    whole = list(training_data.epoch_batches(split, r, steps=5, start_epoch=0))
-    resumed = list(training_data.epoch_batches(split, r, steps=5, start_epoch=1))
-    assert len(whole) == 15 and len(resumed) == 10
-    for a, b in zip(whole[5:], resumed, strict=True):
-        assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
-    # Resumed within an epoch: the rest of that epoch's batches, then the same epochs after it.
-    within = list(training_data.epoch_batches(split, r, steps=5, start_epoch=1, start_step=2))
-    assert len(within) == 8
-    for a, b in zip(whole[7:], within, strict=True):
-        assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
-    # Each epoch is a permutation of the whole set, and the epochs differ.
-    epochs = [np.sort(np.concatenate([b[1] for b in whole[i : i + 5]])) for i in (0, 5, 10)]
-    assert all(np.array_equal(e, np.sort(split.labels)) for e in epochs)
-    assert not np.array_equal(whole[0][0], whole[5][0])
-
-
-def test_data_sha256_is_documented_manifest(data, tmp_path):
-    lines = []
-    for path in sorted(p.relative_to(data).as_posix() for p in data.rglob("*") if p.is_file()):
-        digest = hashlib.sha256((data / path).read_bytes()).hexdigest()
-        lines.append(f"{digest}  {path}\n")
-    expected = hashlib.sha256("".join(lines).encode()).hexdigest()
-    assert training_data.data_sha256(str(data)) == expected
-    archive = tmp_path / "a.tar.gz"
-    archive.write_bytes(b"not really")
-    assert training_data.data_sha256(str(archive)) == hashlib.sha256(b"not really").hexdigest()
 
 
 # --- one real run: interrupted, resumed, exported -------------------------------------------------
@@ -374,55 +256,3 @@ def test_init_from_another_stem_needs_weights_of_the_same_shapes(trained, data, 
     err = capsys.readouterr().err
     assert "its stock stem's weights do not fit the cifar stem's" in err
     assert "conv1_conv/kernel (7, 7, 3, 64) vs (3, 3, 3, 64)" in err and not other.exists()
-
-
-def test_linear_schedule_warms_up_then_falls_to_zero():
-    from appliance.ml.keras_schedules import WarmupLinear
-
-    rate = WarmupLinear(peak=0.1, warmup=10, total=110)
-    values = {step: float(rate(step)) for step in (0, 5, 10, 60, 110, 200)}
-    assert values[0] == pytest.approx(0.004) and values[10] == pytest.approx(0.1)
-    assert values[5] == pytest.approx(0.052) and values[60] == pytest.approx(0.05)
-    assert values[110] == 0.0 and values[200] == 0.0
-
-
-def test_a_checkpoint_from_before_a_recipe_field_still_resumes(data):
-    r = recipe(data)
-    saved = dataclasses.asdict(r)
-    del saved["schedule"], saved["init_sha256"]  # what a run recorded before those fields
-    assert checkpoints.recipe_differences({"recipe": saved}, r) == []
-    linear = dataclasses.replace(r, schedule="linear")
-    assert checkpoints.recipe_differences({"recipe": saved}, linear) == ["schedule"]
-
-
-def test_auto_precision_takes_bfloat16_only_where_the_cpu_has_amx(monkeypatch):
-    amx = "processor : 0\nflags : fpu avx512f avx512_bf16 amx_bf16 amx_tile\n"
-    assert compiled.has_amx_bf16(amx)
-    assert not compiled.has_amx_bf16("processor : 0\nflags : fpu avx2 avx512_bf16\n")
-    monkeypatch.setattr(compiled, "has_gpu", lambda: False)
-    # Without AVX-512 (which AMX CPUs have), so bfloat16 alone must turn XLA off below.
-    monkeypatch.setattr(compiled, "has_avx512", lambda cpuinfo=None: False)
-    monkeypatch.setattr(compiled, "has_amx_bf16", lambda cpuinfo=None: True)
-    assert compiled.precision_policy("auto") == "mixed_bfloat16"
-    assert compiled.use_xla(None, "mixed_bfloat16") is False  # oneDNN's AMX kernels, not XLA's
-    assert compiled.use_xla(True, "mixed_bfloat16") is True
-    monkeypatch.setattr(compiled, "has_amx_bf16", lambda cpuinfo=None: False)
-    assert compiled.precision_policy("auto") == "float32"
-    assert compiled.precision_policy("bfloat16") == "mixed_bfloat16"
-
-
-def test_auto_xla_only_where_onednn_lacks_avx512(monkeypatch):
-    avx512 = "processor : 0\nflags : fpu avx2 avx512f avx512dq avx512bw avx512vl avx512_bf16\n"
-    assert compiled.has_avx512(avx512)
-    assert not compiled.has_avx512("processor : 0\nflags : fpu avx2 fma\n")
-    assert not compiled.has_avx512("processor : 0\n")  # no flags line at all
-    monkeypatch.setattr(compiled, "has_gpu", lambda: False)
-    monkeypatch.setattr(compiled, "has_avx512", lambda cpuinfo=None: True)
-    assert compiled.use_xla(None, "float32") is False  # oneDNN's avx512_core kernels
-    assert compiled.use_xla(True, "float32") is True
-    monkeypatch.setattr(compiled, "has_avx512", lambda cpuinfo=None: False)
-    assert compiled.use_xla(None, "float32") is True  # AVX2: XLA's step was the faster
-    assert compiled.use_xla(False, "float32") is False
-    monkeypatch.setattr(compiled, "has_gpu", lambda: True)
-    monkeypatch.setattr(compiled, "has_avx512", lambda cpuinfo=None: True)
-    assert compiled.use_xla(None, "mixed_float16") is True
