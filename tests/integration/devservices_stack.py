@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -36,16 +37,21 @@ class Stack:
     seconds: float
 
 
-def start_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """A stack of its own on free ports, up for a test module; down after it."""
+def config_on_free_ports(state_dir: Path) -> ds.ServicesConfig:
+    """A stack's settings with its four ports free now and its own state directory."""
     kafka, controller, mongodb, internal = free_ports(4)
-    config = ds.ServicesConfig(
+    return ds.ServicesConfig(
         kafka_port=kafka,
         kafka_controller_port=controller,
         mongodb_port=mongodb,
         kafka_internal_port=internal,
-        state_dir=tmp_path_factory.mktemp("services") / "state",
+        state_dir=state_dir,
     )
+
+
+def start_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A stack of its own on free ports, up for a test module; down after it."""
+    config = config_on_free_ports(tmp_path_factory.mktemp("services") / "state")
     try:
         ds.find_toolchain(config)
     except ds.MissingToolError as exc:

@@ -27,7 +27,7 @@ from appliance.ops.services import lifecycle
 from .devservices_stack import (
     Stack,
     cli_env,
-    free_ports,
+    config_on_free_ports,
     login,
     start_stack,
 )
@@ -202,14 +202,7 @@ def test_down_stops_everything_removes_the_data_and_frees_the_ports(stack: Stack
 def test_a_service_that_never_gets_healthy_fails_with_its_log_and_is_stopped(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    kafka, controller, mongodb, internal = free_ports(4)
-    config = ds.ServicesConfig(
-        kafka_port=kafka,
-        kafka_controller_port=controller,
-        mongodb_port=mongodb,
-        kafka_internal_port=internal,
-        state_dir=tmp_path / "state",
-    )
+    config = config_on_free_ports(tmp_path / "state")
     monkeypatch.setattr(lifecycle, "kafka_problem", lambda *_args, **_kwargs: "pretend it is down")
     with pytest.raises(ds.ServiceError) as caught:
         ds.up(config, timeout_s=1, out=io.StringIO())
@@ -218,7 +211,7 @@ def test_a_service_that_never_gets_healthy_fails_with_its_log_and_is_stopped(
     assert f"last lines of {config.kafka_dir / 'kafka.log'}" in message
     # The processes are gone (ports free) but the logs stay for reading until `down`.
     assert all(not entry.running for entry in ds.status(config))
-    assert ds.port_free(kafka) and ds.port_free(mongodb)
+    assert ds.port_free(config.kafka_port) and ds.port_free(config.mongodb_port)
     assert (config.kafka_dir / "kafka.log").exists()
     assert ds.down(config, out=io.StringIO()) is True
     assert not config.state_dir.exists()
