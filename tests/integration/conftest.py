@@ -21,6 +21,7 @@ from appliance import datasets, model
 from appliance.config import Settings
 from appliance.server.process import ServerProcess
 
+from .devservices_stack import Stack, start_stack
 from .harness import ConsumerProcess
 
 
@@ -38,6 +39,12 @@ def services() -> Iterator[Settings]:
     yield endpoints.settings(Settings())  # SASL_SSL with the stack's login and CA
     if not was_running:
         devservices.down()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A services stack of the module's own on free ports (test_devservices*: up, used, down)."""
+    yield from start_stack(tmp_path_factory)
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,20 +23,9 @@ from pymongo import MongoClient
 from appliance.ops import services as ds
 from appliance.ops.services import lifecycle
 
-from .devservices_stack import (
-    Stack,
-    cli_env,
-    config_on_free_ports,
-    login,
-    start_stack,
-)
+from .devservices_stack import Stack, cli_env, config_on_free_ports, login
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    yield from start_stack(tmp_path_factory)
 
 
 def test_up_returns_the_endpoints_on_the_ports_asked_for(stack: Stack) -> None:

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,20 +22,9 @@ from pymongo import MongoClient, UpdateOne
 from appliance.cloud import pki
 from appliance.ops import services as ds
 
-from .devservices_stack import (
-    Stack,
-    cli_env,
-    login,
-    serves_ferretdb,
-    start_stack,
-)
+from .devservices_stack import Stack, cli_env, login, serves_ferretdb
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    yield from start_stack(tmp_path_factory)
 
 
 def test_kafka_round_trips_a_message(stack: Stack) -> None:
