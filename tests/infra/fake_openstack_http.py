@@ -35,6 +35,11 @@ class Plumbing(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def send_versions(self, status: int, version: str, path: str) -> None:
+        """An API's version list, where the SDK's discovery looks first (Glance answers 300)."""
+        link = {"rel": "self", "href": f"{self.base}{path}"}
+        self.send(status, {"versions": [{"id": version, "status": "CURRENT", "links": [link]}]})
+
     def body(self) -> dict[str, Any]:
         length = int(self.headers.get("Content-Length") or 0)
         return json.loads(self.rfile.read(length) or b"{}") if length else {}

@@ -12,18 +12,7 @@ class ImageAPI(Plumbing):
 
     def image(self, method: str, path: str, query: dict[str, str]) -> None:
         if method == "GET" and path == "":
-            return self.send(
-                300,
-                {
-                    "versions": [
-                        {
-                            "id": "v2.15",
-                            "status": "CURRENT",
-                            "links": [{"rel": "self", "href": f"{self.base}/image/v2/"}],
-                        }
-                    ]
-                },
-            )
+            return self.send_versions(300, "v2.15", "/image/v2/")
         if method == "GET" and path == "/v2/images":
             found = [
                 i

@@ -23,18 +23,7 @@ class NetworkAPI(Plumbing):
 
     def network(self, method: str, path: str, query: dict[str, str]) -> None:
         if method == "GET" and path == "":
-            return self.send(
-                200,
-                {
-                    "versions": [
-                        {
-                            "id": "v2.0",
-                            "status": "CURRENT",
-                            "links": [{"rel": "self", "href": f"{self.base}/network/v2.0/"}],
-                        }
-                    ]
-                },
-            )
+            return self.send_versions(200, "v2.0", "/network/v2.0/")
         m = re.fullmatch(r"/v2\.0/([a-z-]+)(?:/([^/]+))?", path)
         if not m or m[1] not in NEUTRON:
             return self.not_found()
