@@ -45,7 +45,7 @@ step "Packer and plugins from the Go module proxy (in the background; log $LOGS/
 packer_pid=$!
 
 step "userdata / deploy / destroy tests (fake OpenStack on loopback)"
-pytest -q -p no:cacheprovider tests/unit/test_userdata.py tests/unit/test_deploy.py || fail "unit tests"
+pytest -q -p no:cacheprovider tests/unit/test_userdata*.py tests/unit/test_deploy.py || fail "unit tests"
 
 step "yamllint and ansible-lint (production profile)"
 yamllint -s . || fail yamllint
